@@ -1,0 +1,149 @@
+"""Typed training configuration and the named presets.
+
+A preset is a complete `TrainConfig`; the command line picks one by name and may override
+the step count, data and seed. Every field is documented where it is declared.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Embedder/extractor architecture."""
+
+    architecture: str = "residual"
+    """`residual` (the Filigree nets) or `seed` (the original 28x28 autoencoder)."""
+    working_size: int = 64
+    """Side S of the square working resolution both networks see."""
+    payload_bits: int = 100
+    """Raw bits L per image (before error correction is mapped onto them)."""
+    color_mode: str = "luma"
+    """`luma`: one residual channel added equally to R, G, B; `rgb`: three channels."""
+    embedder_channels: tuple[int, ...] = (16, 32, 64)
+    """Widths of the embedder's stride-2 stages (the decoder mirrors them back up to S/2)."""
+    extractor_channels: tuple[int, ...] = (32, 64, 64, 128)
+    """Widths of the extractor's stride-2 conv-BN-ReLU stages."""
+    message_pattern: bool = True
+    """Add a direct linear path message -> Dense -> coarse pattern to the residual."""
+    texture_mask: float = 0.0
+    """0 disables it; >0 scales the residual by (floor + local contrast) so that flat
+    regions get less of the mark. The value is the floor (smaller = stronger masking)."""
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """Differentiable attacks applied between embedder and extractor."""
+
+    canvas_scale: int = 2
+    """Training crops are taken at `canvas_scale * working_size`; the residual is upsampled
+    onto that canvas and attacks run there, as they would at native resolution."""
+    start_step: int = 500
+    """No attacks before this step (the nets first learn to communicate)."""
+    ramp_steps: int = 3000
+    """Steps over which attack strengths grow from 0 to their maxima."""
+    kinds: tuple[str, ...] = (
+        "identity", "jpeg_real", "jpeg_sim", "noise", "blur", "resize", "color", "combo",
+    )
+    """Batch slices, one attack kind each; the batch size must be a multiple of their count."""
+    jpeg_min_quality: int = 30
+    noise_max_sigma: float = 0.06
+    blur_max_sigma: float = 1.5
+    resize_min_scale: float = 0.3
+    brightness_max_delta: float = 0.35
+    contrast_max_delta: float = 0.35
+    saturation_max_delta: float = 0.5
+    hue_max_delta: float = 0.05
+    crop_probability: float = 0.5
+    """Share of samples whose extractor view is a random crop of the attacked canvas."""
+    crop_min_area: float = 0.7
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Loss weights and the imperceptibility schedule."""
+
+    psnr_start: float = 30.0
+    """Residual RMS is normalised to this PSNR at the start of training ..."""
+    psnr_final: float = 42.5
+    """... and ramped to this one."""
+    psnr_ramp_start: int = 1000
+    psnr_ramp_steps: int = 8000
+    image_weight: float = 0.0
+    """Weight of an extra texture-weighted image loss (shapes where the energy goes)."""
+    bit_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A complete training recipe."""
+
+    name: str
+    description: str
+    model: ModelConfig = field(default_factory=ModelConfig)
+    attacks: AttackConfig = field(default_factory=AttackConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: str = "../shared/data/photos"
+    """Folder, glob or gs:// prefix of training photos."""
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    steps: int = 100_000
+    validation_fraction: float = 0.1
+    eval_every: int = 500
+    eval_samples: int = 64
+    checkpoint_every_s: float = 180.0
+    export_every: int = 0
+    """Export the bundle every N steps during training (0: only at the end)."""
+    max_photo_side: int = 1024
+    """Photos are downscaled so their longer side is at most this on load."""
+    mixed_precision: bool = False
+    seed: int = 1
+
+    def replace(self, **changes) -> "TrainConfig":
+        """A copy with top-level fields changed."""
+        return dataclasses.replace(self, **changes)
+
+
+PRESETS: dict[str, TrainConfig] = {
+    "tiny": TrainConfig(
+        name="tiny",
+        description="CI-sized: 32px working size, 32 bits; learns in about a minute on 2 cores.",
+        model=ModelConfig(working_size=32, payload_bits=32, embedder_channels=(16, 32, 32),
+                          extractor_channels=(16, 32, 32, 64)),
+        attacks=AttackConfig(start_step=150, ramp_steps=300,
+                             kinds=("identity", "noise", "jpeg_sim", "color")),
+        loss=LossConfig(psnr_start=28.0, psnr_final=32.0, psnr_ramp_start=100, psnr_ramp_steps=200),
+        batch_size=16, learning_rate=2e-3, steps=300, eval_every=100, eval_samples=32,
+        checkpoint_every_s=60.0, max_photo_side=512,
+    ),
+    "default": TrainConfig(
+        name="default",
+        description="Production recipe for CPU: 64px working size on a 128px canvas, 100 bits, "
+                    "luma residual, full attack curriculum with crops, 42.5 dB target.",
+    ),
+    "gpu": TrainConfig(
+        name="gpu",
+        description="Bigger nets at 128px working size on a 256px canvas, for a GPU job.",
+        model=ModelConfig(working_size=128, embedder_channels=(64, 128, 128),
+                          extractor_channels=(64, 128, 128, 256, 256)),
+        batch_size=64, steps=300_000, eval_every=2000, eval_samples=256, mixed_precision=True,
+    ),
+    "seed": TrainConfig(
+        name="seed",
+        description="The original Keras autoencoder: 28x28 grayscale Fashion-MNIST, w as a 28x28 "
+                    "binary plane, GaussianNoise(0.5), two MSE losses.",
+        model=ModelConfig(architecture="seed", working_size=28, payload_bits=28 * 28),
+        data="/usr/share/datasets/fashion-mnist",
+        batch_size=64, learning_rate=1e-3, steps=6000, eval_every=1000, eval_samples=512,
+    ),
+}
+
+
+def get_preset(name: str) -> TrainConfig:
+    """The preset called `name`, with a clear error listing the known ones."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}") from None
