@@ -472,6 +472,11 @@ class ReadResult:
     ber: float | None = None
     match: bool | None = None
 
+    @property
+    def payload(self) -> str | None:
+        """The decoded payload (canonical hex), or None when error correction failed."""
+        return self.decoded
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -18,8 +18,10 @@ BUNDLE_VERSION = "0.1.0"
 class EmbedderServing(tf.Module):
     """`serving_default(image [N,S,S,3], bits [N,L]) -> {"residual": [N,S,S,C]}`."""
 
-    def __init__(self, residual_fn, working_size: int, payload_bits: int, networks: list):
+    def __init__(self, residual_fn, working_size: int, payload_bits: int, networks: list,
+                 target_psnr: float | None = None):
         super().__init__(name="embedder_serving")
+        self.target_psnr = target_psnr
         self.residual_fn = residual_fn
         self.networks = networks  # tracked, so their variables are saved
         self.serve = tf.function(
@@ -50,7 +52,8 @@ class ExtractorServing(tf.Module):
         return {"logits": tf.cast(self.logits_fn(image), tf.float32)}
 
 
-def model_card(cfg, *, steps: int, wall_time_s: float, metrics: dict, data: str, notes: str = "") -> dict:
+def model_card(cfg, *, steps: int, wall_time_s: float, metrics: dict, data: str, notes: str = "",
+               target_psnr: float | None = None) -> dict:
     """The `model.json` contents for a model trained with `cfg` (a TrainConfig)."""
     from pipeline.payload import choose_ecc  # the payload layer owns the bits <-> payload mapping
 
@@ -64,6 +67,7 @@ def model_card(cfg, *, steps: int, wall_time_s: float, metrics: dict, data: str,
         "payload_bits": cfg.model.payload_bits,
         "color_mode": cfg.model.color_mode,
         "default_strength": 1.0,
+        "target_psnr": None if target_psnr is None else round(float(target_psnr), 2),
         "ecc": dataclasses.asdict(ecc),
         "training": {
             "data": data,

@@ -121,10 +121,10 @@ class ResidualTask:
         }
         return total, metrics
 
-    def evaluate(self, canvas, bits) -> dict:
-        """Validation bit accuracy per attack kind at full strength, plus crops and PSNR,
-        with BatchNorm in inference mode."""
-        step = self.cfg.steps
+    def evaluate(self, canvas, bits, step) -> dict:
+        """Validation bit accuracy per attack kind at full strength, plus crops and PSNR, at the
+        PSNR scheduled for `step` (what an export at this step embeds at), BatchNorm in
+        inference mode."""
         marked, _ = self.embed(canvas, bits, self.psnr_target(step), training=False)
         seed = tf.constant([self.cfg.seed, 12345], tf.int32)
         batch = tf.shape(canvas)[0]
@@ -143,17 +143,19 @@ class ResidualTask:
         return ops.mean(ops.cast(ops.equal(ops.cast(logits > 0, "float32"), bits), "float32"))
 
     # -- export ----------------------------------------------------------------------------
-    def serving(self):
+    def serving(self, step: int):
+        """Serving modules; the residual is normalised to the PSNR scheduled at `step` (the
+        imperceptibility the networks were trained for so far)."""
         size, bits_n = self.cfg.model.working_size, self.cfg.model.payload_bits
-        final_psnr = self.cfg.loss.psnr_final
+        psnr = float(self.psnr_target(step))
 
         def residual_fn(image, bits):
-            return self.residual(image, bits, final_psnr, training=False)
+            return self.residual(image, bits, psnr, training=False)
 
         def logits_fn(image):
             return self.extractor(image, training=False)
 
-        return (EmbedderServing(residual_fn, size, bits_n, [self.embedder]),
+        return (EmbedderServing(residual_fn, size, bits_n, [self.embedder], target_psnr=psnr),
                 ExtractorServing(logits_fn, size, [self.extractor]))
 
 

@@ -124,8 +124,8 @@ class Trainer:
         return {k: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in per_replica.items()}
 
     @tf.function
-    def _evaluate(self, canvas, bits):
-        return self.task.evaluate(canvas, bits)
+    def _evaluate(self, canvas, bits, step):
+        return self.task.evaluate(canvas, bits, step)
 
     # -- loop ------------------------------------------------------------------------------
     def run(self, total_steps: int) -> dict:
@@ -182,8 +182,8 @@ class Trainer:
         """Validation metrics, appended to metrics.jsonl / metrics.csv / TensorBoard."""
         from training.residual import as_floats, describe_eval
         canvas, bits = self.task.eval_example()
-        results = as_floats(self._evaluate(tf.constant(canvas), tf.constant(bits)))
         step = int(self.step)
+        results = as_floats(self._evaluate(tf.constant(canvas), tf.constant(bits), tf.constant(step, tf.int64)))
         print(f"eval @ {step}: {describe_eval(results)}", flush=True)
         record = {"step": step, "wall_time_s": round(float(self.wall_time.numpy()), 1), **results}
         append_metrics(self.paths.workdir, record)
@@ -200,10 +200,10 @@ class Trainer:
     def export(self, notes: str = "") -> str:
         if not self.last_eval:
             self.evaluate()
-        embedder, extractor = self.task.serving()
+        embedder, extractor = self.task.serving(int(self.step))
         card = model_card(self.cfg, steps=int(self.step), wall_time_s=float(self.wall_time.numpy()),
                           metrics={k: round(v, 4) for k, v in self.last_eval.items()},
-                          data=self.cfg.data, notes=notes)
+                          data=self.cfg.data, notes=notes, target_psnr=embedder.target_psnr)
         path = save_bundle(self.paths.out, embedder, extractor, card)
         print(f"exported bundle to {path}", flush=True)
         return path
@@ -247,6 +247,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, help="random seed (default: the preset's)")
     parser.add_argument("--export-every", type=int, help="also export every N steps")
     parser.add_argument("--notes", default="", help="free text recorded in the model card")
+    parser.add_argument("--export-only", action="store_true",
+                        help="export the workdir's latest checkpoint without training")
     return parser.parse_args(argv)
 
 
@@ -275,6 +277,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     tf.keras.utils.set_random_seed(cfg.seed)
     trainer = Trainer(cfg, paths, resume=args.resume)
+    if args.export_only:
+        if not trainer.manager.latest_checkpoint:
+            print(f"error: no checkpoint in {paths.checkpoints}", file=sys.stderr)
+            return 2
+        trainer.export(notes=args.notes)
+        return 0
     trainer.run(cfg.steps)
     if trainer.stop_requested:
         return 0
