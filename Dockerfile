@@ -45,12 +45,13 @@ COPY pipeline pipeline
 COPY training training
 RUN pip install --no-cache-dir --no-deps --no-build-isolation . && pip check
 
-# Flex Template: the launcher runs this file with the template's parameters. The setup file makes
-# the launcher stage the project for workers too; everything it would install is already here,
-# hence PIP_NO_DEPS.
-ENV FLEX_TEMPLATE_PYTHON_PY_FILE="${WORKDIR}/flex_main.py" \
-    FLEX_TEMPLATE_PYTHON_SETUP_FILE="${WORKDIR}/setup.py" \
-    PIP_NO_DEPS=True
+# Flex Template: the launcher runs this file with the template's parameters. No
+# FLEX_TEMPLATE_PYTHON_SETUP_FILE / _REQUIREMENTS_FILE: workers run this same image
+# (--sdk_container_image), where the project and every dependency are already installed, so
+# nothing is staged for them to install (a staged sdist would make every worker pip-build the
+# project at start-up, fetching setuptools from PyPI). The launcher and the workers therefore run
+# the same code by construction; tests/test_dataflow.py checks the job stages no packages.
+ENV FLEX_TEMPLATE_PYTHON_PY_FILE="${WORKDIR}/flex_main.py"
 
 # Beam's boot binary, so that the image also serves as the SDK (worker) container image.
 ENTRYPOINT ["/opt/apache/beam/boot"]
