@@ -6,12 +6,24 @@ FileSystems. A manifest is either CSV with a header naming at least `image` and 
 holding those keys. Blank lines are ignored. Image paths are full paths/URIs or paths relative
 to `--input`'s root.
 
-Duplicate rows for one image: the first row (lowest line number) is used; every later row
-gets a `skipped` record naming the line that won.
+Duplicate rows for one image (after normalising the path, so `a.jpg` and `./a.jpg` are one
+image): the first row (lowest line number) is used, whatever its payload (a bad payload there
+makes that image's record a `bad_payload` error); every later row gets a `skipped` record
+(`duplicate_row`) naming the line that won.
+
+Paths: a relative path that leaves `--input`'s root (`../x.jpg`, `a/../../x.jpg`) or looks like
+a Windows drive path is a `bad_path` error row; absolute paths and URIs are allowed and read as
+given (their marked copies go under `OUTPUT/marked/_external/...`, see pipeline.transforms).
+Rows with no payload or a payload of the wrong JSON type are `bad_payload` errors; undecodable
+JSON lines or rows without an image are `bad_manifest_row` errors. A CSV header without
+`image`/`payload` columns, or a manifest that is not UTF-8, fails the whole job (the launcher
+checks the header before starting, `check_manifest_header`). Nothing in a manifest is evaluated
+or passed to a shell.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -175,6 +187,37 @@ def _jsonl_rows(text: str, root: str) -> Iterator[ManifestRow]:
             yield ManifestRow(line, raw[:200], None, None, "line is not a JSON object", "bad_manifest_row")
             continue
         yield _row(line, obj.get("image"), obj.get("payload"), root)
+
+
+def check_csv_header(text: str) -> None:
+    """Raise ValueError unless the first non-blank CSV line names `image` and `payload` (an
+    empty manifest has no rows and passes)."""
+    for fields in csv.reader(io.StringIO(text.lstrip("\ufeff"), newline="")):
+        if not any(f.strip() for f in fields):
+            continue
+        header = {f.strip().lower() for f in fields}
+        missing = {"image", "payload"} - header
+        if missing:
+            raise ValueError(f"manifest header must name columns image,payload; missing {sorted(missing)} "
+                             f"(got {fields})")
+        return
+
+
+def check_manifest_header(path: str, head_bytes: int = 1 << 16) -> None:
+    """Fail fast, before a job starts, on a manifest whose start is not UTF-8 or whose CSV
+    header lacks `image`/`payload` (reads at most `head_bytes`)."""
+    from apache_beam.io.filesystems import FileSystems
+    with FileSystems.open(path) as f:
+        head = f.read(head_bytes)
+    complete = len(head) < head_bytes
+    try:
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=complete)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"manifest {path} is not UTF-8: {exc}") from None
+    if manifest_kind(path) == "csv":
+        if not complete:
+            text = text.rsplit("\n", 1)[0] if "\n" in text else text
+        check_csv_header(text)
 
 
 def read_manifest(path: str, root: str) -> list[ManifestRow]:

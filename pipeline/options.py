@@ -80,10 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--strength", type=float, help="residual strength (default: the model's)")
     parser.add_argument("--fpr", type=float, default=1e-6, help="target false-positive rate of detection")
     parser.add_argument("--jpeg_quality", type=int, default=95, help="quality of marked JPEG/WebP outputs")
-    parser.add_argument("--max_pixels", type=int, default=100_000_000, help="refuse larger images")
+    parser.add_argument("--max_pixels", type=int, default=100_000_000,
+                        help="refuse images with more pixels, from their header (default 100 MP)")
     parser.add_argument("--batch_size", type=int, default=16, help="largest inference batch")
-    parser.add_argument("--skip_existing", action="store_true", help="skip images already marked")
-    parser.add_argument("--max_error_rate", type=float, help="fail the job above this error share")
+    parser.add_argument("--skip_existing", action="store_true",
+                        help="skip images whose marked output already exists (resumable runs)")
+    parser.add_argument("--max_error_rate", type=float,
+                        help="fail the job (exit status 3, after writing the report) when the share "
+                             "of error records is above this, in [0, 1]")
     parser.add_argument("--decode_timeout_s", type=float, default=120.0, help="per-image decode limit")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random attacks")
     return parser
@@ -97,6 +101,10 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ValueError(f"--fpr must be in (0, 1), got {cfg.fpr}")
     if not 1 <= cfg.jpeg_quality <= 100:
         raise ValueError(f"--jpeg_quality must be in [1, 100], got {cfg.jpeg_quality}")
+    if cfg.max_pixels < 1:
+        raise ValueError("--max_pixels must be at least 1")
+    if not cfg.decode_timeout_s > 0:
+        raise ValueError(f"--decode_timeout_s must be positive, got {cfg.decode_timeout_s}")
     if cfg.batch_size < 1:
         raise ValueError("--batch_size must be at least 1")
     if cfg.strength is not None and not 0.0 < cfg.strength <= 10.0:

@@ -388,6 +388,25 @@ class Scrambler:
         return logical * self._sign
 
 
+def _read_key_file(path: str | os.PathLike) -> bytes:
+    """The bytes of a local key file, or of a URI (gs://…) through Beam's filesystems: a Flex
+    Template launcher has no local file to read, and a key in a launch parameter would be visible
+    to anyone who can view the job."""
+    path = os.fspath(path)
+    if "://" not in path:
+        with open(path, "rb") as handle:
+            return handle.read()
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+    try:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            return handle.read()
+    except OSError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - NotFound, Forbidden, BeamIOError: all "cannot read"
+        raise OSError(0, type(exc).__name__) from None
+
+
 def resolve_key(key: str | bytes | None = None, key_file: str | os.PathLike | None = None,
                 env_var: str | None = KEY_ENV_VAR) -> bytes | None:
     """The user's key: ``key``, else ``key_file``'s bytes, else ``$env_var``, else None.
@@ -401,8 +420,7 @@ def resolve_key(key: str | bytes | None = None, key_file: str | os.PathLike | No
         return _key_bytes(key)
     if key_file is not None:
         try:
-            with open(key_file, "rb") as handle:
-                material = handle.read().rstrip(b"\r\n")
+            material = _read_key_file(key_file).rstrip(b"\r\n")
         except OSError as exc:
             raise ValueError(f"cannot read key file {os.fspath(key_file)!r}: "
                              f"{exc.strerror or type(exc).__name__}") from None

@@ -8,6 +8,17 @@
 Outputs: OUTPUT/marked/<path relative to input> and OUTPUT/report/{images-*.jsonl,
 summary.json, summary.html}. Unknown options go to Beam; without --runner the local
 DirectRunner runs the job in this process.
+
+Exit status: 0 when the job ran (whatever share of images failed, unless --max_error_rate says
+otherwise); 2 for bad options, a missing manifest, model or input, before anything runs; 3 when
+the share of `error` records exceeded --max_error_rate (the report is still written, then the
+job fails); 1 when the job itself failed. Errors are one `error: ...` line on stderr.
+
+Re-runs: the previous run's report files (images-*.jsonl shards, summary.json, summary.html)
+are removed before the job starts, so the report always describes one run; marked images are
+rewritten in place under the same names (or skipped with --skip_existing). The order of records
+in the JSONL shards is not specified (sort by `image`, `line` to compare runs); each record and
+summary.json are identical across re-runs over the same inputs.
 """
 
 from __future__ import annotations
@@ -21,11 +32,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import apache_beam as beam  # noqa: E402
 from apache_beam.io.filesystems import FileSystems  # noqa: E402
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions  # noqa: E402
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions  # noqa: E402
 
 from pipeline import report  # noqa: E402
 from pipeline.bundle import BundleError, ModelCard, read_card  # noqa: E402
-from pipeline.manifest import InputSpec, describe_input, has_scheme  # noqa: E402
+from pipeline.manifest import InputSpec, check_manifest_header, describe_input, has_scheme  # noqa: E402
 from pipeline.options import RunConfig, parse_run_args  # noqa: E402
 from pipeline.payload import PayloadCodec, PayloadError  # noqa: E402
 from pipeline.transforms import Watermark  # noqa: E402
@@ -60,19 +71,49 @@ def build_pipeline(pipeline: beam.Pipeline, cfg: RunConfig, spec: InputSpec, car
      | "WriteSummary" >> beam.Map(finish_report, cfg=cfg, model_name=card.name))
 
 
+class ErrorRateExceeded(RuntimeError):
+    """The share of `error` records is above --max_error_rate (raised after the report is
+    written, so that the job fails on every runner)."""
+
+
+ERROR_RATE_MARKER = "above --max_error_rate"
+
+
+def check_error_rate(counts: dict, max_error_rate: float | None, output: str) -> None:
+    """Raise ErrorRateExceeded when `error / total` exceeds `max_error_rate`."""
+    if max_error_rate is None or not counts.get("total"):
+        return
+    rate = counts["error"] / counts["total"]
+    if rate > max_error_rate:
+        raise ErrorRateExceeded(f"{counts['error']} of {counts['total']} inputs failed ({rate:.1%}), "
+                                f"{ERROR_RATE_MARKER} {max_error_rate:.1%}; see {report_prefix(output)}")
+
+
 def finish_report(summary: dict, cfg: RunConfig, model_name: str) -> dict:
     """Write summary.json/.html (with thumbnails of a few samples); fail the job when the error
     share exceeds --max_error_rate."""
     summary = {**summary, "model": model_name}
     thumbnails = report.sample_thumbnails(summary)
     report.write_summary(cfg.output, summary, thumbnails)
-    counts = summary["counts"]
-    if cfg.max_error_rate is not None and counts["total"]:
-        rate = counts["error"] / counts["total"]
-        if rate > cfg.max_error_rate:
-            raise RuntimeError(f"{counts['error']} of {counts['total']} inputs failed ({rate:.1%}), "
-                               f"above --max_error_rate {cfg.max_error_rate:.1%}; see {report_prefix(cfg.output)}")
+    check_error_rate(summary["counts"], cfg.max_error_rate, cfg.output)
     return summary
+
+
+def clear_report(output: str) -> list[str]:
+    """Delete a previous run's report files (only the names this job writes); their paths."""
+    prefix = report_prefix(output)
+    patterns = [FileSystems.join(prefix, "images-*-of-*.jsonl"), FileSystems.join(prefix, "summary.json"),
+                FileSystems.join(prefix, "summary.html")]
+    stale = [meta.path for result in FileSystems.match(patterns) for meta in result.metadata_list]
+    if stale:
+        FileSystems.delete(stale)
+    return stale
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line about a failed job (the first line of the error, without Beam's traceback)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}"[:1000]
 
 
 def beam_options(beam_args: list[str]) -> PipelineOptions:
@@ -96,18 +137,29 @@ def main(argv: list[str] | None = None) -> int:
         codec = PayloadCodec.from_card(card.raw, key=key)
         if cfg.payload is not None:
             codec.parse(cfg.payload)
-        if cfg.assignments and not FileSystems.exists(cfg.assignments):
-            raise ValueError(f"--assignments {cfg.assignments} does not exist")
+        if cfg.assignments:
+            if not FileSystems.exists(cfg.assignments):
+                raise ValueError(f"--assignments {cfg.assignments} does not exist")
+            check_manifest_header(cfg.assignments)
         spec = resolve_input(cfg.input)
+        options = beam_options(beam_args)
+        if not options.view_as(GoogleCloudOptions).template_location:  # staging a template runs nothing
+            clear_report(cfg.output)
     except (ValueError, BundleError, PayloadError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     del key
     print(f"filigree: {cfg.mode} {spec.pattern} with model {card.name} ({codec.data_bits} data bits) "
           f"-> {cfg.output}", flush=True)
-    options = beam_options(beam_args)
-    with beam.Pipeline(options=options) as pipeline:
-        build_pipeline(pipeline, cfg, spec, card, codec, model_dir)
+    try:
+        with beam.Pipeline(options=options) as pipeline:
+            build_pipeline(pipeline, cfg, spec, card, codec, model_dir)
+    except Exception as exc:  # noqa: BLE001 - any job failure ends in a clear line and a status
+        if isinstance(exc, ErrorRateExceeded) or ERROR_RATE_MARKER in str(exc):
+            print(f"error: the job failed: {describe_failure(exc).split(': ', 1)[1]}", file=sys.stderr, flush=True)
+            return 3
+        print(f"error: the job failed: {describe_failure(exc)}", file=sys.stderr, flush=True)
+        return 1
     if options.view_as(StandardOptions).runner not in ("DirectRunner", "direct"):
         return 0
     summary_path = FileSystems.join(report_prefix(cfg.output), "summary.json")

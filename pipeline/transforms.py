@@ -1,14 +1,50 @@
 """The Beam graph: list images, join payload assignments, decode, batched embedding through
 RunInference, write marked images, verify (after attacks), and build one record per input.
 
-Every matched image and every manifest row ends in exactly one record (`ok`, `error` or
-`skipped`); failures are records, never only log lines.
+Reliability contract
+--------------------
+* Every matched image and every manifest row ends in exactly one record (`ok`, `error` or
+  `skipped`, each `error`/`skipped` with an `error_code` and a message); failures are records,
+  never only log lines. Expected failures (unreadable or undecodable files, bad payloads, write
+  errors) are turned into records by the step that meets them; anything unexpected that escapes
+  a step (a bug, an inference failure) is caught by Beam's `with_exception_handling` and its
+  dead letter becomes an `error` record for each image it carried (`dead_letter_records`; a
+  failed inference batch becomes one record per image of the batch). Codes of those records:
+  `internal_error` (planning, decoding), `inference_failed` (embedding or read-back batch),
+  `mark_failed`, `readback_failed`.
+  An `error` record with a non-null `output` means the marked file was written but its
+  read-back failed.
+* Outputs never leave `OUTPUT/marked/`: images under `--input` keep their relative path,
+  absolute or URI paths from a manifest go to `OUTPUT/marked/_external/<full path>`, and every
+  target is checked to lie under `OUTPUT/marked/` before writing (`bad_path` otherwise). When
+  the output format differs from the input's extension (GIF, BMP with alpha, or content that
+  does not match its extension), the output extension is appended (`a.gif` -> `a.gif.png`), so
+  two inputs never share an output. A marked file never replaces its own input
+  (`overwrites_input`). Files this job writes (`OUTPUT/marked/`, `OUTPUT/report/`) are never
+  listed as inputs, unless `--input` itself lies in one of them (`--mode extract --input
+  OUT/marked`), so a re-run with `--output` inside `--input` does not mark its own outputs.
+* Writes are atomic (temp file + rename) to a deterministic name, so a retried element or a
+  re-run writes the same file again and leaves no partial file. Transient I/O errors (anything
+  but not-found/permission/is-a-directory errors) are retried in place a bounded number of times
+  (`IO_ATTEMPTS`, with `RETRY_DELAYS_S`) when reading an image and when writing a marked file;
+  Beam's DirectRunner does not retry failed bundles (Dataflow does, and the writes are
+  idempotent).
+* Decoding runs under `--decode_timeout_s` (`timeout`); sizes above `--max_pixels` are refused
+  from the header (`too_large`) before any pixel is allocated.
+* Records hold no timestamps and nothing random, so re-running over the same inputs and output
+  gives the same records (in any order: shards and line order depend on the runner) and an
+  identical `summary.json`. With `--skip_existing`, images whose marked output exists are
+  `skipped` (`exists`); the check looks at the same-extension name and at the appended `.png`
+  name (the converting formats' output); other content/extension mismatches are simply redone.
+* Nothing here runs a shell or evaluates input data; the key only lives inside the payload
+  codec (whose repr hides it) and never enters a record, a log line or a file name.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -24,7 +60,7 @@ from apache_beam.metrics import Metrics
 from pipeline import imageio
 from pipeline.attacks import parse_suite
 from pipeline.bundle import ModelCard
-from pipeline.manifest import InputSpec, ManifestRow, is_image_name, read_manifest, relative_to
+from pipeline.manifest import InputSpec, ManifestRow, has_scheme, is_image_name, normalize, read_manifest, relative_to
 from pipeline.options import RunConfig
 from pipeline.payload import PayloadCodec, PayloadError, ReadResult, format_payload
 from pipeline.watermarker import apply_residual, stack_views
@@ -93,7 +129,7 @@ class Item:
 def plan_jobs(key: str, grouped: dict, cfg: RunConfig, root: str) -> Iterator[Job | dict]:
     """Jobs and skipped/error records for one path: its listing hits and manifest rows."""
     rows: list[ManifestRow] = sorted(grouped.get("rows", []), key=lambda r: r.line)
-    relative = relative_to(root, key) or _external_relative(key)
+    relative = output_relative(root, key)
     if not rows:
         if cfg.mode == "extract":
             yield Job(key, None, None, relative)
@@ -110,8 +146,16 @@ def plan_jobs(key: str, grouped: dict, cfg: RunConfig, root: str) -> Iterator[Jo
                              line=row.line, payload=row.payload)
 
 
-def _external_relative(path: str) -> str:
-    return imageio.safe_relative_output("", path) if path else "_external/unnamed"
+def output_relative(root: str, path: str) -> str:
+    """Relative output path of `path`: its path below `root`, else `_external/<full path>`
+    (never absolute, never with `..`; see `imageio.safe_relative_output`)."""
+    relative = relative_to(root, path)
+    if relative and ".." not in relative.split("/") and not relative.startswith("/"):
+        return relative
+    try:
+        return imageio.safe_relative_output(root, path)
+    except ValueError:
+        return "_external/unnamed"
 
 
 class ListInputs(beam.PTransform):
@@ -127,6 +171,8 @@ class ListInputs(beam.PTransform):
                                                              fileio.EmptyMatchTreatment.ALLOW)
                  | "Paths" >> beam.Map(lambda meta: meta.path)
                  | "OnlyImages" >> beam.Filter(lambda p, single: single or is_image_name(p), self.spec.single_file)
+                 | "NotOutputs" >> beam.Filter(lambda p, excluded: not any(relative_to(e, p) for e in excluded),
+                                               excluded_prefixes(self.cfg.output, self.spec.root))
                  | "KeyFound" >> beam.Map(lambda p: (p, p)))
         if not self.cfg.assignments:
             return {"groups": found | "AsGroups" >> beam.Map(lambda kv: (kv[0], {"found": [kv[1]], "rows": []})),
@@ -143,6 +189,23 @@ class ListInputs(beam.PTransform):
         groups = ({"found": found, "rows": keyed_rows}
                   | "JoinManifest" >> beam.CoGroupByKey())
         return {"groups": groups, "records": bad_records}
+
+
+def absolute_prefix(path: str) -> str:
+    """`path` made absolute when local (outputs are compared with absolute listing paths)."""
+    return path if has_scheme(path) else os.path.abspath(path)
+
+
+def excluded_prefixes(output: str, root: str) -> tuple[str, ...]:
+    """Folders this job writes (OUTPUT/marked, OUTPUT/report) that listing must skip: all but
+    those holding the input root itself."""
+    root = normalize(absolute_prefix(root)).rstrip("/")
+    prefixes = []
+    for sub in ("marked", "report"):
+        prefix = normalize(absolute_prefix(FileSystems.join(output.rstrip("/"), sub))).rstrip("/")
+        if root != prefix and relative_to(prefix, root) is None:
+            prefixes.append(prefix)
+    return tuple(prefixes)
 
 
 class PlanJobs(beam.DoFn):
@@ -164,15 +227,69 @@ class PlanJobs(beam.DoFn):
 
 def output_path(cfg: RunConfig, job: Job, extension: str | None = None) -> str:
     """Where the marked image goes: OUTPUT/marked/<relative path>, with the output format's
-    extension when it differs from the input's."""
+    extension appended when the input's extension is not one of its names (`a.gif` ->
+    `a.gif.png`), so that no two inputs share an output. Raises `_Failure('bad_path')` when
+    the target would not lie under OUTPUT/marked/ (it cannot, by construction of `relative`)."""
     relative = job.relative
     if extension and not relative.lower().endswith(_extension_aliases(extension)):
-        relative = relative.rsplit(".", 1)[0] + extension if "." in relative.rsplit("/", 1)[-1] else relative + extension
-    return FileSystems.join(cfg.output.rstrip("/"), "marked", relative)
+        relative = relative + extension
+    marked = FileSystems.join(cfg.output.rstrip("/"), "marked")
+    target = FileSystems.join(marked, relative)
+    if relative_to(normalize(marked), normalize(target)) is None or relative.startswith("/"):
+        raise _Failure("bad_path", f"output path for {job.relative!r} would leave the output folder")
+    return target
+
+
+def existing_output(cfg: RunConfig, job: Job) -> str | None:
+    """The marked output of `job` when it already exists (for --skip_existing): the same name,
+    or the name with `.png` appended (GIF and BMP-with-alpha inputs are written as PNG)."""
+    for extension in (None, ".png"):
+        target = output_path(cfg, job, extension)
+        if FileSystems.exists(target):
+            return target
+    return None
 
 
 def _extension_aliases(extension: str) -> tuple[str, ...]:
     return {".jpg": (".jpg", ".jpeg", ".jpe"), ".tif": (".tif", ".tiff")}.get(extension, (extension,))
+
+
+IO_ATTEMPTS = 3
+"""Tries of one read or write before the image gets an error record."""
+RETRY_DELAYS_S = (0.5, 2.0)
+"""Pause before the 2nd, 3rd... try."""
+PERMANENT_IO_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
+                       ValueError, TypeError, MemoryError)
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """Errors that a retry cannot cure: missing files, permissions, bad arguments (including
+    storage clients' not-found/forbidden errors, recognised by name, HTTP code or message)."""
+    if isinstance(exc, PERMANENT_IO_ERRORS):
+        return True
+    if type(exc).__name__ in ("NotFound", "Forbidden", "Unauthorized", "BadRequest"):
+        return True
+    if getattr(exc, "code", None) in (400, 401, 403, 404):
+        return True
+    message = str(exc).lower()
+    return "not found" in message or "no such file" in message or "not exist" in message
+
+
+def with_retries(action, what: str, attempts: int | None = None):
+    """`action()`, retried on transient errors (anything `is_permanent` does not name) up to
+    `IO_ATTEMPTS` tries; the last error is raised. Only what was being done is logged."""
+    attempts = IO_ATTEMPTS if attempts is None else attempts
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except Exception as exc:  # noqa: BLE001 - a transient failure of storage is retried
+            if attempt >= attempts or is_permanent(exc):
+                raise
+            delay = RETRY_DELAYS_S[min(attempt - 1, len(RETRY_DELAYS_S) - 1)] if RETRY_DELAYS_S else 0.0
+            LOG.warning("%s failed (%s), try %d of %d in %.1f s", what, type(exc).__name__,
+                        attempt + 1, attempts, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 def decode_with_timeout(data: bytes, max_pixels: int, timeout_s: float) -> imageio.DecodedImage:
@@ -206,13 +323,16 @@ class Prepare(beam.DoFn):
     def process(self, job: Job):
         cfg = self.cfg
         base = {"line": job.line}
-        if cfg.mode == "embed" and cfg.skip_existing and FileSystems.exists(output_path(cfg, job)):
-            yield beam.pvalue.TaggedOutput("records", skipped_record(
-                job.path, cfg.mode, "exists", "marked output already exists (--skip_existing)",
-                output=output_path(cfg, job), **base))
-            return
         record = new_record(job.path, cfg.mode, **base)
         try:
+            if cfg.mode == "embed":
+                output_path(cfg, job)  # refuses, early, a target outside the output folder
+                existing = existing_output(cfg, job) if cfg.skip_existing else None
+                if existing is not None:
+                    yield beam.pvalue.TaggedOutput("records", skipped_record(
+                        job.path, cfg.mode, "exists", "marked output already exists (--skip_existing)",
+                        output=existing, **base))
+                    return
             bits, payload = self._payload_bits(job)
             record["payload"] = payload
             decoded = self._decode(self._read(job.path))
@@ -239,9 +359,11 @@ class Prepare(beam.DoFn):
     @staticmethod
     def _read(path: str) -> bytes:
         try:
-            return imageio.read_bytes(path)
+            return with_retries(lambda: imageio.read_bytes(path), "reading an image")
         except FileNotFoundError:
             raise _Failure("not_found", "image file not found") from None
+        except IsADirectoryError:
+            raise _Failure("read_error", "cannot read image: it is a directory") from None
         except Exception as exc:  # noqa: BLE001 - any I/O failure is this image's error
             message = str(exc)
             code = "not_found" if "not found" in message.lower() or "no such file" in message.lower() else "read_error"
@@ -266,16 +388,47 @@ class _Failure(Exception):
 
 # -- inference ---------------------------------------------------------------------------------
 
+def _same_dir(a: str, b: str) -> bool:
+    """Whether two local paths name one directory (a URI never equals a local path)."""
+    return "://" not in a and os.path.realpath(a) == os.path.realpath(b)
+
+
+def fixed_shape_calls(fn, arrays: tuple[np.ndarray, ...], rows: int) -> np.ndarray:
+    """`fn(*arrays)` computed in calls of exactly `rows` rows (the last one zero-padded).
+
+    TensorFlow's CPU kernels give results that differ in the last float bits with the batch
+    size (measured: 4e-8 on residuals between batches of 3 and 4), which flips rounding in some
+    written pixels (always visible in 16-bit outputs). How a runner cuts batches varies from run
+    to run; with every call the same shape, and rows independent of their neighbours (checked
+    for the bundled model: zero difference), each image's result no longer depends on it, so
+    re-runs write byte-identical files. Costs some compute on short batches."""
+    count = arrays[0].shape[0]
+    outputs = []
+    for start in range(0, count, rows):
+        chunk = [a[start:start + rows] for a in arrays]
+        short = rows - chunk[0].shape[0]
+        if short:
+            chunk = [np.concatenate([c, np.zeros((short, *c.shape[1:]), c.dtype)]) for c in chunk]
+        outputs.append(np.asarray(fn(*chunk))[:rows - short])
+    return np.concatenate(outputs) if len(outputs) > 1 else outputs[0]
+
+
 class _BundleHandler(ModelHandler):
     """Loads the bundle once per worker process (RunInference shares it across threads)."""
 
     def __init__(self, model_dir: str, batch_size: int):
         super().__init__()
-        self.model_dir, self.batch_size = model_dir, batch_size
+        # The bundled model travels as None, not as the launching machine's path (a venv or a
+        # checkout that workers do not have): each worker finds its own installed copy.
+        from pipeline.resources import bundled_model_dir
+        bundled = model_dir is not None and _same_dir(model_dir, bundled_model_dir())
+        self.model_dir = None if bundled else model_dir
+        self.batch_size = batch_size
 
     def load_model(self):
         from pipeline.bundle import load_bundle
-        return load_bundle(self.model_dir)
+        from pipeline.resources import bundled_model_dir
+        return load_bundle(self.model_dir or bundled_model_dir())
 
     def batch_elements_kwargs(self):
         return {"min_batch_size": 1, "max_batch_size": self.batch_size}
@@ -290,7 +443,7 @@ class EmbedderHandler(_BundleHandler):
     def run_inference(self, batch: Sequence[Item], model, inference_args=None) -> Iterable[PredictionResult]:
         views = np.stack([item.views["clean"] for item in batch])
         bits = np.stack([item.bits for item in batch])
-        residuals = model.embed_fn(views, bits)
+        residuals = fixed_shape_calls(model.embed_fn, (views, bits), self.batch_size)
         return [PredictionResult(item, residual) for item, residual in zip(batch, residuals)]
 
     def get_metrics_namespace(self) -> str:
@@ -303,7 +456,7 @@ class ExtractorHandler(_BundleHandler):
     def run_inference(self, batch: Sequence[Item], model, inference_args=None) -> Iterable[PredictionResult]:
         names = [list(item.views) for item in batch]
         stacked = np.stack([item.views[name] for item, item_names in zip(batch, names) for name in item_names])
-        logits = model.extract_fn(stacked)
+        logits = fixed_shape_calls(model.extract_fn, (stacked,), self.batch_size)
         results, at = [], 0
         for item, item_names in zip(batch, names):
             results.append(PredictionResult(item, dict(zip(item_names, logits[at:at + len(item_names)]))))
@@ -334,26 +487,42 @@ class MarkAndWrite(beam.DoFn):
         path, result = element
         item: Item = result.example
         decoded, cfg = item.decoded, self.cfg
-        target = output_path(cfg, item.job, decoded.output_extension)
+        record = dict(item.record)
         try:
-            marked = apply_residual(decoded.rgb, result.inference, self.strength)
-            data = imageio.encode_image(decoded, marked, jpeg_quality=cfg.jpeg_quality)
-            imageio.write_atomically(target, data)
-        except Exception as exc:  # noqa: BLE001 - this image's failure, reported in its record
+            target = output_path(cfg, item.job, decoded.output_extension)
+            if normalize(absolute_prefix(target)) == normalize(absolute_prefix(item.job.path)):
+                raise _Failure("overwrites_input", "the marked file would replace its own input")
+            # Everything that can fail runs before the write, so an image either gets its file
+            # and an `ok`/verification record, or an error record and no file.
+            try:
+                marked = apply_residual(decoded.rgb, result.inference, self.strength)
+                data = imageio.encode_image(decoded, marked, jpeg_quality=cfg.jpeg_quality)
+                del marked
+                written = imageio.decode_image(data, max_pixels=max(cfg.max_pixels, decoded.width * decoded.height))
+                record["psnr"] = round(float(imageio.psnr(decoded.rgb, written.rgb, data_range=1.0)), 3)
+                views = {}
+                if cfg.verify != "none":
+                    views["clean"] = stack_views([written.rgb], self.working_size)[0]
+                    views.update(attacked_views(written.rgb, self.suite, self.working_size, seed_for(path, cfg.seed)))
+                del written
+            except Exception as exc:  # noqa: BLE001 - this image's failure, reported in its record
+                raise _Failure("encode_failed", f"cannot mark or encode: {type(exc).__name__}: {exc}"[:500]) from None
+            try:
+                with_retries(lambda: imageio.write_atomically(target, data), "writing a marked image")
+            except Exception as exc:  # noqa: BLE001 - this image's failure, reported in its record
+                message = f"cannot write the marked image: {type(exc).__name__}: {exc}"
+                raise _Failure("write_failed", message[:500]) from None
+        except _Failure as failure:
             self.failed_counter.inc()
-            yield beam.pvalue.TaggedOutput("records", {**item.record, "status": "error", "error_code": "write_failed",
-                                                       "error": f"cannot mark or write: {exc}"[:500]})
+            yield beam.pvalue.TaggedOutput("records", {**record, "status": "error", "psnr": None,
+                                                       "error_code": failure.code, "error": failure.message})
             return
         self.marked_counter.inc()
         self.progress.tick()
-        record = {**item.record, "output": target}
-        written = imageio.decode_image(data, max_pixels=max(cfg.max_pixels, decoded.width * decoded.height))
-        record["psnr"] = round(float(imageio.psnr(decoded.rgb, written.rgb, data_range=1.0)), 3)
+        record["output"] = target
         if cfg.verify == "none":
             yield beam.pvalue.TaggedOutput("records", record)
             return
-        views = {"clean": stack_views([written.rgb], self.working_size)[0]}
-        views.update(attacked_views(written.rgb, self.suite, self.working_size, seed_for(path, cfg.seed)))
         yield path, Item(item.job, record, None, None, views)
 
 
@@ -431,6 +600,71 @@ class Progress:
             LOG.warning("%s %d images (%.1f img/s)", self.what, self.count, rate)
 
 
+# -- dead letters -------------------------------------------------------------------------------
+
+DEAD_LETTER_CODES = {"plan": "internal_error", "decode": "internal_error", "embed": "inference_failed",
+                     "mark": "mark_failed", "extract": "inference_failed", "read": "readback_failed"}
+_STAGE_TEXT = {"plan": "planning", "decode": "reading or decoding", "embed": "embedding inference",
+               "mark": "marking", "extract": "read-back inference", "read": "read-back"}
+
+
+def dead_letter_records(dead_letter: tuple, stage: str, mode: str) -> list[dict]:
+    """Error records for a dead letter `(element, (exception type, repr, traceback lines))` of
+    `stage`: one per image the element carried (a whole inference batch fails together)."""
+    element, (exc_type, exc_repr, trace) = dead_letter
+    name = getattr(exc_type, "__name__", str(exc_type))
+    message = f"{_STAGE_TEXT.get(stage, stage)} failed unexpectedly: {exc_repr}"[:500]
+    code = DEAD_LETTER_CODES.get(stage, "internal_error")
+    records = [{**record, "status": "error", "error_code": code, "error": message}
+               for record in _carried_records(element, mode)]
+    LOG.warning("%s failed for %d image(s) (%s); they are reported as %r", _STAGE_TEXT.get(stage, stage),
+                len(records), name, code)
+    LOG.debug("".join(trace or ()))
+    return records
+
+
+def _carried_records(element: Any, mode: str) -> list[dict]:
+    """The records (as far as built) of the images that a failed element carried."""
+    if isinstance(element, Job):
+        return [new_record(element.path, mode, line=element.line, payload=element.payload)]
+    if isinstance(element, list):  # an inference batch of (path, Item)
+        return [record for part in element for record in _carried_records(part, mode)]
+    if isinstance(element, tuple) and len(element) == 2:
+        key, value = element
+        if isinstance(value, PredictionResult):
+            value = value.example
+        if isinstance(value, Item):
+            return [dict(value.record)]
+        if isinstance(value, dict) and "rows" in value:  # a planning group
+            rows = sorted(value.get("rows") or [], key=lambda r: r.line)
+            if not rows:
+                return [new_record(str(key), mode)]
+            return [new_record(str(key), mode, line=row.line, payload=row.payload) for row in rows]
+    return [new_record(f"<unidentified input: {type(element).__name__}>", mode)]
+
+
+def _side_dead_letters(dlq, stage: str, mode: str, label: str) -> list:
+    """Records for RunInference's pre/postprocessing dead letters (none with our handlers;
+    kept so that adding such functions can never drop images)."""
+    sets = []
+    for kind, collections in (("Pre", dlq.failed_preprocessing), ("Post", dlq.failed_postprocessing)):
+        for index, pcoll in enumerate(collections or ()):
+            sets.append(to_records(pcoll, stage, mode, f"{label}{kind}processFailures{index}"))
+    return sets
+
+
+def guarded(dofn: beam.DoFn, main: str):
+    """ParDo of `dofn` with outputs `main`, 'records' and the dead letters 'bad' (exceptions
+    that escape `dofn.process`; its outputs for that element are dropped, not half-emitted)."""
+    return (beam.ParDo(dofn).with_output_types(Any, records=dict)
+            .with_outputs("records", main=main).with_exception_handling())
+
+
+def to_records(dead_letters, stage: str, mode: str, label: str):
+    """Dead letters of `stage` as a PCollection of error records."""
+    return dead_letters | label >> beam.FlatMap(dead_letter_records, stage, mode)
+
+
 # -- the whole graph ---------------------------------------------------------------------------
 
 class Watermark(beam.PTransform):
@@ -441,26 +675,32 @@ class Watermark(beam.PTransform):
         self.cfg, self.spec, self.card, self.codec, self.model_dir = cfg, spec, card, codec, model_dir
 
     def expand(self, pbegin):
-        cfg, size = self.cfg, self.card.working_size
+        cfg, size, mode = self.cfg, self.card.working_size, self.cfg.mode
         listed = pbegin | "ListInputs" >> ListInputs(cfg, self.spec)
         planned = (listed["groups"]
-                   | "PlanJobs" >> beam.ParDo(PlanJobs(cfg, self.spec.root)).with_outputs("records", main="jobs"))
+                   | "PlanJobs" >> guarded(PlanJobs(cfg, self.spec.root), "jobs"))
         prepared = (planned.jobs
                     | "Spread" >> beam.Reshuffle()
-                    | "Decode" >> beam.ParDo(Prepare(cfg, self.codec, size)).with_outputs("records", main="items"))
-        record_sets = [listed["records"], planned.records, prepared.records]
+                    | "Decode" >> guarded(Prepare(cfg, self.codec, size), "items"))
+        record_sets = [listed["records"], planned.records, prepared.records,
+                       to_records(planned.bad, "plan", mode, "PlanFailures"),
+                       to_records(prepared.bad, "decode", mode, "DecodeFailures")]
         extractor = KeyedModelHandler(ExtractorHandler(self.model_dir, cfg.batch_size))
-        if cfg.mode == "embed":
+        if mode == "embed":
             embedder = KeyedModelHandler(EmbedderHandler(self.model_dir, cfg.batch_size))
-            residuals = prepared.items | "Embed" >> RunInference(embedder)
-            marked = residuals | "MarkAndWrite" >> beam.ParDo(MarkAndWrite(cfg, self.card, size)).with_outputs(
-                "records", main="items")
-            record_sets.append(marked.records)
+            residuals, embed_dlq = prepared.items | "Embed" >> RunInference(embedder).with_exception_handling()
+            marked = residuals | "MarkAndWrite" >> guarded(MarkAndWrite(cfg, self.card, size), "items")
+            record_sets += [marked.records, to_records(embed_dlq.failed_inferences, "embed", mode, "EmbedFailures"),
+                            to_records(marked.bad, "mark", mode, "MarkFailures")]
             to_read = marked.items
         else:
             to_read = prepared.items
-        read = (to_read
-                | "Extract" >> RunInference(extractor)
-                | "ReadBack" >> beam.ParDo(ReadBack(self.codec, cfg.fpr)))
-        record_sets.append(read)
+        logits, extract_dlq = to_read | "Extract" >> RunInference(extractor).with_exception_handling()
+        read, read_bad = (logits
+                          | "ReadBack" >> beam.ParDo(ReadBack(self.codec, cfg.fpr)).with_exception_handling())
+        record_sets += [read, to_records(extract_dlq.failed_inferences, "extract", mode, "ExtractFailures"),
+                        to_records(read_bad, "read", mode, "ReadBackFailures")]
+        if mode == "embed":
+            record_sets += _side_dead_letters(embed_dlq, "embed", mode, "Embed")
+        record_sets += _side_dead_letters(extract_dlq, "extract", mode, "Extract")
         return tuple(record_sets) | "AllRecords" >> beam.Flatten()
