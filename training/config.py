@@ -147,3 +147,34 @@ def get_preset(name: str) -> TrainConfig:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}") from None
+
+
+def _parse_value(text: str, current):
+    """Parse `text` as the type of the field's current value."""
+    if isinstance(current, bool):
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"expected true/false, got {text!r}")
+        return text.lower() in ("true", "1")
+    if isinstance(current, tuple):
+        return tuple(type(current[0])(v) if current else v for v in text.split(",") if v)
+    if current is None:
+        return text
+    return type(current)(text)
+
+
+def override(cfg: TrainConfig, assignment: str) -> TrainConfig:
+    """Apply one `section.field=value` (or `field=value`) override, e.g.
+    `attacks.crop_probability=0.2`, `loss.psnr_final=40`, `attacks.kinds=identity,noise`."""
+    if "=" not in assignment:
+        raise ValueError(f"override {assignment!r} must look like section.field=value")
+    path, text = assignment.split("=", 1)
+    parts = path.strip().split(".")
+    if len(parts) == 1:
+        if not hasattr(cfg, parts[0]) or isinstance(getattr(cfg, parts[0]), (ModelConfig, AttackConfig, LossConfig)):
+            raise ValueError(f"unknown config field {path!r}")
+        return dataclasses.replace(cfg, **{parts[0]: _parse_value(text, getattr(cfg, parts[0]))})
+    if len(parts) != 2 or not hasattr(cfg, parts[0]) or not hasattr(getattr(cfg, parts[0]), parts[1]):
+        raise ValueError(f"unknown config field {path!r}")
+    section = getattr(cfg, parts[0])
+    value = _parse_value(text, getattr(section, parts[1]))
+    return dataclasses.replace(cfg, **{parts[0]: dataclasses.replace(section, **{parts[1]: value})})

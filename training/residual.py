@@ -121,11 +121,14 @@ class ResidualTask:
         }
         return total, metrics
 
-    def evaluate(self, canvas, bits, step) -> dict:
-        """Validation bit accuracy per attack kind at full strength, plus crops and PSNR, at the
-        PSNR scheduled for `step` (what an export at this step embeds at), BatchNorm in
-        inference mode."""
-        marked, _ = self.embed(canvas, bits, self.psnr_target(step), training=False)
+    def evaluate(self, canvas, bits, step, psnr=None) -> dict:
+        """Validation bit accuracy per attack kind at full strength, plus crops and PSNR, at
+        `psnr` when it is positive, else at the PSNR scheduled for `step` (what an export at
+        this step embeds at); BatchNorm in inference mode."""
+        target = self.psnr_target(step)
+        if psnr is not None:
+            target = tf.where(psnr > 0, tf.cast(psnr, tf.float32), target)
+        marked, _ = self.embed(canvas, bits, target, training=False)
         seed = tf.constant([self.cfg.seed, 12345], tf.int32)
         batch = tf.shape(canvas)[0]
         full = tf.tile(tf.constant([[0.0, 0.0, 1.0, 1.0]]), [batch, 1])
@@ -143,11 +146,11 @@ class ResidualTask:
         return ops.mean(ops.cast(ops.equal(ops.cast(logits > 0, "float32"), bits), "float32"))
 
     # -- export ----------------------------------------------------------------------------
-    def serving(self, step: int):
-        """Serving modules; the residual is normalised to the PSNR scheduled at `step` (the
-        imperceptibility the networks were trained for so far)."""
+    def serving(self, step: int, psnr: float | None = None):
+        """Serving modules; the residual is normalised to `psnr`, by default the PSNR scheduled
+        at `step` (the imperceptibility the networks were trained for so far)."""
         size, bits_n = self.cfg.model.working_size, self.cfg.model.payload_bits
-        psnr = float(self.psnr_target(step))
+        psnr = float(self.psnr_target(step)) if psnr is None else float(psnr)
 
         def residual_fn(image, bits):
             return self.residual(image, bits, psnr, training=False)

@@ -27,7 +27,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from training.config import PRESETS, TrainConfig, get_preset  # noqa: E402
+from training.config import PRESETS, TrainConfig, get_preset, override  # noqa: E402
 from training.export import model_card, save_bundle  # noqa: E402
 
 
@@ -124,8 +124,8 @@ class Trainer:
         return {k: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in per_replica.items()}
 
     @tf.function
-    def _evaluate(self, canvas, bits, step):
-        return self.task.evaluate(canvas, bits, step)
+    def _evaluate(self, canvas, bits, step, psnr):
+        return self.task.evaluate(canvas, bits, step, psnr)
 
     # -- loop ------------------------------------------------------------------------------
     def run(self, total_steps: int) -> dict:
@@ -178,12 +178,14 @@ class Trainer:
                 tf.summary.scalar(f"train/{k}", v)
             tf.summary.scalar("train/img_per_s", rate)
 
-    def evaluate(self) -> dict:
-        """Validation metrics, appended to metrics.jsonl / metrics.csv / TensorBoard."""
+    def evaluate(self, psnr: float | None = None) -> dict:
+        """Validation metrics (at `psnr`, default the schedule's), appended to metrics.jsonl /
+        metrics.csv / TensorBoard."""
         from training.residual import as_floats, describe_eval
         canvas, bits = self.task.eval_example()
         step = int(self.step)
-        results = as_floats(self._evaluate(tf.constant(canvas), tf.constant(bits), tf.constant(step, tf.int64)))
+        results = as_floats(self._evaluate(tf.constant(canvas), tf.constant(bits), tf.constant(step, tf.int64),
+                                           tf.constant(-1.0 if psnr is None else psnr, tf.float32)))
         print(f"eval @ {step}: {describe_eval(results)}", flush=True)
         record = {"step": step, "wall_time_s": round(float(self.wall_time.numpy()), 1), **results}
         append_metrics(self.paths.workdir, record)
@@ -197,10 +199,11 @@ class Trainer:
         path = self.manager.save(checkpoint_number=int(self.step))
         print(f"checkpoint {path}", flush=True)
 
-    def export(self, notes: str = "") -> str:
-        if not self.last_eval:
-            self.evaluate()
-        embedder, extractor = self.task.serving(int(self.step))
+    def export(self, notes: str = "", psnr: float | None = None) -> str:
+        """Write the bundle; `psnr` overrides the residual's PSNR (default: the schedule's)."""
+        if psnr is not None or not self.last_eval:
+            self.evaluate(psnr)
+        embedder, extractor = self.task.serving(int(self.step), psnr)
         card = model_card(self.cfg, steps=int(self.step), wall_time_s=float(self.wall_time.numpy()),
                           metrics={k: round(v, 4) for k, v in self.last_eval.items()},
                           data=self.cfg.data, notes=notes, target_psnr=embedder.target_psnr)
@@ -246,9 +249,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="continue from the workdir's latest checkpoint (default: on)")
     parser.add_argument("--seed", type=int, help="random seed (default: the preset's)")
     parser.add_argument("--export-every", type=int, help="also export every N steps")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="override a preset field, e.g. attacks.crop_probability=0.2 (repeatable)")
     parser.add_argument("--notes", default="", help="free text recorded in the model card")
     parser.add_argument("--export-only", action="store_true",
                         help="export the workdir's latest checkpoint without training")
+    parser.add_argument("--export-psnr", type=float,
+                        help="normalise the exported residual to this PSNR instead of the schedule's")
     return parser.parse_args(argv)
 
 
@@ -257,6 +264,8 @@ def configure(args: argparse.Namespace) -> tuple[TrainConfig, RunPaths]:
     overrides = {k: v for k, v in {"data": args.data, "steps": args.steps, "seed": args.seed,
                                    "export_every": args.export_every}.items() if v is not None}
     cfg = cfg.replace(**overrides)
+    for assignment in args.set:
+        cfg = override(cfg, assignment)
     workdir = args.workdir or os.path.join("runs", cfg.name)
     return cfg, RunPaths(workdir=workdir, out=args.out or os.path.join(workdir, "bundle"))
 
@@ -281,12 +290,12 @@ def main(argv: list[str] | None = None) -> int:
         if not trainer.manager.latest_checkpoint:
             print(f"error: no checkpoint in {paths.checkpoints}", file=sys.stderr)
             return 2
-        trainer.export(notes=args.notes)
+        trainer.export(notes=args.notes, psnr=args.export_psnr)
         return 0
     trainer.run(cfg.steps)
     if trainer.stop_requested:
         return 0
-    trainer.export(notes=args.notes)
+    trainer.export(notes=args.notes, psnr=args.export_psnr)
     return 0
 
 
