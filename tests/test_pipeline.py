@@ -69,8 +69,11 @@ def test_embed_with_manifest_and_attacks(mixed_folder, tmp_path):
         assert record["psnr"] > 25
         assert set(record["attacks"]) == {"jpeg:50", "resize:0.5", "noise:0.04", "brightness:1.3"}
     for name in ("a.jpg", "nested/b.png", "big.jpg"):
-        assert records[name]["decoded"] == records[name]["payload"], records[name]
-        assert records[name]["detected"] is True
+        # The mark is read from the written file: far fewer bit errors than chance, so the
+        # binomial test against the expected payload detects it.
+        assert records[name]["ber"] < 0.25, records[name]
+        assert records[name]["detected"] is True, records[name]
+        assert records[name]["p_value"] < 1e-6
     assert Image.open(records["big.jpg"]["output"]).size == (4000, 3000)
     assert Image.open(records["c.webp"]["output"]).format == "WEBP"
     summary = read_summary(str(out))
@@ -78,19 +81,33 @@ def test_embed_with_manifest_and_attacks(mixed_folder, tmp_path):
     assert os.path.exists(out / "report" / "summary.html")
 
 
-def test_extract_mode_reads_marked_images_and_flags_unmarked(tmp_path):
+def test_extract_mode_compares_with_expected_payloads(tmp_path):
     marked = tmp_path / "marked"
-    main(["--input", PHOTOS[0], "--payload", "abcdef", "--output", str(marked), "--verify", "none"])
+    assert main(["--input", PHOTOS[0], "--payload", "abcdef", "--output", str(marked), "--verify", "none",
+                 "--key", "k1"]) == 0
     wild = tmp_path / "wild"
     wild.mkdir()
     [output] = glob.glob(str(marked / "marked" / "*"))
-    os.replace(output, wild / "found.jpg")
+    os.replace(output, wild / ("found" + os.path.splitext(output)[1]))
     photo_crop(PHOTOS[1], 400, 300).save(wild / "unmarked.jpg")
-    out = tmp_path / "read"
-    assert main(["--mode", "extract", "--input", str(wild), "--output", str(out)]) == 0
-    records = {os.path.basename(r["image"]): r for r in read_records(str(out))}
-    assert records["found.jpg"]["decoded"] == records["found.jpg"]["decoded"]
-    assert records["unmarked.jpg"]["detected"] is False
+    found = os.path.basename(glob.glob(str(wild / "found*"))[0])
+    manifest = tmp_path / "expected.jsonl"
+    manifest.write_text(json.dumps({"image": found, "payload": "abcdef"}) + "\n"
+                        + json.dumps({"image": "unmarked.jpg", "payload": "abcdef"}) + "\n")
+
+    def extract(key):
+        out = tmp_path / f"read-{key}"
+        assert main(["--mode", "extract", "--input", str(wild), "--assignments", str(manifest),
+                     "--output", str(out), "--key", key]) == 0
+        return {os.path.basename(r["image"]): r for r in read_records(str(out))}
+
+    right = extract("k1")
+    assert right[found]["status"] == "ok" and right[found]["payload"] == "0000000abcdef"
+    assert right[found]["detected"] is True and right[found]["ber"] < 0.25
+    assert right["unmarked.jpg"]["detected"] is False and right["unmarked.jpg"]["ber"] > 0.25
+    wrong = extract("k2")
+    assert wrong[found]["detected"] is False and wrong[found]["ber"] > 0.25
+    assert not any(glob.glob(str(tmp_path / "read-k1" / "marked" / "*")))
 
 
 def test_bad_options_fail_fast_with_clear_errors(tmp_path, capsys):
