@@ -71,6 +71,14 @@ class LossConfig:
     """... and ramped to this one."""
     psnr_ramp_start: int = 1000
     psnr_ramp_steps: int = 8000
+    psnr_schedule: str = "adaptive"
+    """`linear`: ramp over `psnr_ramp_steps` from `psnr_ramp_start`. `adaptive`: from
+    `psnr_ramp_start`, raise the target by `psnr_step_db` per step while the running training
+    bit accuracy is above `psnr_up_accuracy`, lower it while below `psnr_down_accuracy`
+    (between start and final): invisibility grows only as fast as the nets keep up."""
+    psnr_step_db: float = 0.003
+    psnr_up_accuracy: float = 0.97
+    psnr_down_accuracy: float = 0.93
     image_weight: float = 0.0
     """Weight of an extra texture-weighted image loss (shapes where the energy goes)."""
     bit_weight: float = 1.0
@@ -114,7 +122,8 @@ PRESETS: dict[str, TrainConfig] = {
                           extractor_channels=(16, 32, 32, 64)),
         attacks=AttackConfig(start_step=150, ramp_steps=300,
                              kinds=("identity", "noise", "jpeg_sim", "color")),
-        loss=LossConfig(psnr_start=28.0, psnr_final=32.0, psnr_ramp_start=100, psnr_ramp_steps=200),
+        loss=LossConfig(psnr_start=28.0, psnr_final=32.0, psnr_ramp_start=100, psnr_ramp_steps=200,
+                        psnr_schedule="linear"),
         batch_size=16, learning_rate=2e-3, steps=300, eval_every=100, eval_samples=32,
         checkpoint_every_s=60.0, max_photo_side=512,
     ),

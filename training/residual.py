@@ -45,6 +45,8 @@ class ResidualTask:
         self.attacks = attack_lib.build_attacks(cfg.attacks)
         self.train_sampler = CropSampler(train_photos, self.canvas, cfg.seed)
         self.val_sampler = CropSampler(val_photos, self.canvas, cfg.seed + 1_000_003)
+        self.psnr_state = tf.Variable(cfg.loss.psnr_start, dtype=tf.float32, trainable=False, name="psnr_target")
+        self.accuracy_ema = tf.Variable(0.5, dtype=tf.float32, trainable=False, name="accuracy_ema")
         self.eval_attacks = {
             name: layer(cfg.attacks) for name, layer in attack_lib.ATTACKS.items()
         }
@@ -55,8 +57,26 @@ class ResidualTask:
 
     def psnr_target(self, step):
         loss = self.cfg.loss
+        if loss.psnr_schedule == "adaptive":
+            return self.psnr_state.read_value()
         progress = ramp(step, loss.psnr_ramp_start, loss.psnr_ramp_steps)
         return loss.psnr_start + (loss.psnr_final - loss.psnr_start) * progress
+
+    def after_step(self, step: int, metrics: dict) -> None:
+        """Adaptive PSNR schedule: follow the running training bit accuracy."""
+        loss = self.cfg.loss
+        if loss.psnr_schedule != "adaptive":
+            return
+        ema = 0.98 * float(self.accuracy_ema.numpy()) + 0.02 * float(metrics["bit_acc"])
+        self.accuracy_ema.assign(ema)
+        if step < loss.psnr_ramp_start:
+            return
+        target = float(self.psnr_state.numpy())
+        if ema > loss.psnr_up_accuracy:
+            target += loss.psnr_step_db
+        elif ema < loss.psnr_down_accuracy:
+            target -= loss.psnr_step_db
+        self.psnr_state.assign(min(max(target, loss.psnr_start), loss.psnr_final))
 
     # -- data ------------------------------------------------------------------------------
     def example(self, step: int, batch_size: int):
@@ -95,7 +115,8 @@ class ResidualTask:
         return self.embedder.trainable_variables + self.extractor.trainable_variables
 
     def trackables(self) -> dict:
-        return {"embedder": self.embedder, "extractor": self.extractor}
+        return {"embedder": self.embedder, "extractor": self.extractor,
+                "psnr_state": self.psnr_state, "accuracy_ema": self.accuracy_ema}
 
     # -- steps -----------------------------------------------------------------------------
     def losses(self, canvas, bits, step, seed):
@@ -118,6 +139,7 @@ class ResidualTask:
             "bit_acc": ops.mean(ops.cast(ops.equal(ops.cast(logits > 0, "float32"), bits), "float32")),
             "psnr": -10.0 * ops.log10(mse + 1e-12),
             "attack_strength": strength,
+            "psnr_target": ops.convert_to_tensor(self.psnr_target(step)),
         }
         return total, metrics
 

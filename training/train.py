@@ -97,7 +97,7 @@ class Trainer:
                                               optimizer=self.optimizer, **self.task.trackables())
         self.manager = tf.train.CheckpointManager(self.checkpoint, paths.checkpoints, max_to_keep=3)
         if resume and self.manager.latest_checkpoint:
-            self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+            self.checkpoint.restore(self.manager.latest_checkpoint).expect_partial()
             print(f"resumed from {self.manager.latest_checkpoint} at step {int(self.step)}", flush=True)
         self.last_eval: dict = {}
         self.stop_requested = False
@@ -148,6 +148,8 @@ class Trainer:
             self.step.assign_add(1)
             self.wall_time.assign(wall_base + time.time() - session_start)
             step += 1
+            if hasattr(self.task, "after_step"):
+                self.task.after_step(step, metrics)
             if step % log_every == 0 or step == total_steps:
                 now = time.time()
                 rate = log_every * cfg.batch_size / max(now - last_log, 1e-9)
@@ -172,7 +174,7 @@ class Trainer:
         eta = (total - step) * self.cfg.batch_size / max(rate, 1e-9)
         print(f"step {step}/{total}  {rate:6.1f} img/s  loss {values['loss']:.4f}  "
               f"bit_acc {values['bit_acc']:.3f}  psnr {values['psnr']:.1f}  "
-              f"attack {values['attack_strength']:.2f}  eta {format_duration(eta)}", flush=True)
+              f"attack {values['attack_strength']:.2f}  target {values.get('psnr_target', values['psnr']):.2f}  eta {format_duration(eta)}", flush=True)
         with self.summary_writer.as_default(step=step):
             for k, v in values.items():
                 tf.summary.scalar(f"train/{k}", v)
