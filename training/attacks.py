@@ -288,6 +288,7 @@ def random_crop_boxes(seed, batch, strength, cfg: AttackConfig):
     aspect = tf.exp(uniform(sub_seed(seed, 1), [batch], -0.1, 0.1))
     height = tf.minimum(tf.sqrt(area * aspect), 1.0)
     width = tf.minimum(area / height, 1.0)
+    height = tf.minimum(area / width, 1.0)  # keeps the drawn area when the width was clipped
     y0 = uniform(sub_seed(seed, 2), [batch], 0.0, 1.0) * (1.0 - height)
     x0 = uniform(sub_seed(seed, 3), [batch], 0.0, 1.0) * (1.0 - width)
     cropped = uniform(sub_seed(seed, 4), [batch], 0.0, 1.0) < cfg.crop_probability

@@ -6,7 +6,8 @@
     GaussianNoise(0.5) (training only)
     w-predictor: Conv2D 8 (5x5) -> 4 (3x3), ReLU -> 1 (3x3), sigmoid -> w_hat [28,28,1]
 
-Loss: MSE(marked, image) + MSE(w_hat, w), equal weights. All convolutions use padding "same".
+Loss: MSE(marked, image) + bit_weight * MSE(w_hat, w); the preset keeps `loss.bit_weight` at 1
+(equal weights). All convolutions use padding "same".
 The payload is the 784-bit plane w (one bit per pixel). Images, payloads and the training noise
 are pure functions of (seed, step), so a resumed run repeats an uninterrupted one exactly.
 """
@@ -211,7 +212,7 @@ class SeedTask:
         marked, w_hat = out["marked"], out["w_hat"]
         image_mse = ops.mean(ops.square(marked - images))
         w_mse = ops.mean(ops.square(w_hat - w))
-        total = image_mse + w_mse
+        total = image_mse + self.cfg.loss.bit_weight * w_mse
         metrics = {
             "loss": total,
             "image_mse": image_mse,
@@ -222,8 +223,9 @@ class SeedTask:
         }
         return total, metrics
 
-    def evaluate(self, images, bits) -> dict:
-        """PSNR of marked vs cover and plane bit accuracy, clean and through GaussianNoise(0.5)."""
+    def evaluate(self, images, bits, step=None, target_psnr=None) -> dict:
+        """PSNR of marked vs cover and plane bit accuracy, clean and through GaussianNoise(0.5).
+        `step` and `target_psnr` are accepted for the Trainer's interface; nothing here is scheduled."""
         w = to_plane(bits)
         marked = self.mark(images, bits)
         noisy = self.noisy(marked, tf.constant([self.cfg.seed, 12345], tf.int64))
@@ -234,8 +236,9 @@ class SeedTask:
         }
 
     # -- export ----------------------------------------------------------------------------
-    def serving(self):
-        """Bundle signatures: RGB in, luma residual (marked - gray) and per-bit logits out."""
+    def serving(self, step: int | None = None, target_psnr: float | None = None):
+        """Bundle signatures: RGB in, luma residual (marked - gray) and per-bit logits out.
+        `step` and `target_psnr` are accepted for the Trainer's interface; nothing here is scheduled."""
 
         def residual_fn(image, bits):
             gray = luma(image)
