@@ -1,7 +1,21 @@
 """Image decoding, encoding, resizing and file I/O for the watermarking pipeline.
 
-Pixels travel as float32 RGB in [0, 1] (``DecodedImage.rgb``); everything needed to write the
-marked pixels back in the source's format and mode family travels alongside in the same record.
+Pixels travel in their native integer type (``DecodedImage.pixels``: uint8 RGB, or uint8 /
+uint16 grey); everything needed to write the marked pixels back in the source's format and mode
+family travels alongside in the same record. ``DecodedImage.rgb`` still gives float32 RGB in
+[0, 1], computed on demand (12 bytes a pixel: meant for small images and tests).
+
+Memory and speed
+----------------
+Colour pixels are a read-only numpy view of Pillow's own image memory (Pillow keeps RGB as 4
+bytes a pixel; the view is ``[H, W, 3]`` with a 4-byte pixel stride), reached through Pillow's
+Arrow export, so decoding makes no second copy; marked pixels go back to Pillow the same way
+(``pil_image``). That needs the image in one Pillow memory block: importing this module raises
+Pillow's block size (``Image.core.set_block_size``, a process-wide allocation setting that does
+not change any pixel) to cover images up to ``_SINGLE_BLOCK_BYTES``; larger ones, or a Pillow
+or pyarrow without Arrow support, fall back to copies. ``add_residual`` marks in row tiles that
+stay in the CPU cache, with 8-bit saturating arithmetic, writing straight into the output
+buffer: no full-size float arrays.
 
 Policies
 --------
@@ -18,7 +32,9 @@ Policies
   RGB in its own format; the CMYK ICC profile is dropped.
 * 16-bit grayscale stays 16-bit for PNG and TIFF. Pillow decodes 16-bit colour PNG/TIFF at
   8 bits; such images are written at 8 bits and the record notes it.
-* Arrays in a ``DecodedImage`` are read-only; marking produces new arrays.
+* Arrays in a ``DecodedImage`` are read-only; marking produces new arrays. A marked pixel is
+  ``clip(pixel + floor(strength * maxval * upsampled_residual + 0.5))`` (round half up, maxval
+  255 or 65535); grey images get the BT.601 luma of an RGB residual.
 * JPEG output keeps the source's chroma subsampling unless told otherwise. On a 12 MP photo,
   4:4:4 at quality 95 doubled the file size and encode time against 4:2:0 for +1.9 dB PSNR,
   while a low-frequency watermark residual survived 4:2:0 as well as 4:4:4.
@@ -37,6 +53,7 @@ import struct
 import uuid
 import zlib
 from collections.abc import Iterator
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,14 +64,18 @@ __all__ = [
     "SUPPORTED_FORMATS",
     "DecodedImage",
     "ImageDecodeError",
+    "add_residual",
     "decode_image",
     "encode_image",
+    "pil_image",
+    "pixel_view",
     "psnr",
     "read_bytes",
     "safe_relative_output",
     "ssim",
     "to_working_size",
     "upsample_residual",
+    "working_view",
     "write_atomically",
 ]
 
@@ -96,14 +117,16 @@ class ImageDecodeError(ValueError):
 class DecodedImage:
     """Decoded pixels (read-only arrays) plus what is needed to re-encode them faithfully.
 
-    ``rgb`` is float32 ``[H, W, 3]`` in [0, 1] with EXIF orientation applied; grayscale
-    images carry three equal channels. ``alpha`` is the source's 8-bit alpha, exactly as
-    stored (Pillow has no 16-bit alpha; 16-bit gray+alpha PNGs arrive as 8-bit RGBA).
-    ``exif`` starts with ``b"Exif\\0\\0"`` and has its orientation reset to 1.
-    ``notes`` lists lossy or non-obvious conversions made while decoding.
+    ``pixels`` holds the pixels in their native type with EXIF orientation applied: uint8
+    ``[H, W, 3]`` RGB for colour images (usually a view with a 4-byte pixel stride into
+    Pillow's memory), uint8 ``[H, W]`` for 8-bit grey, uint16 ``[H, W]`` for 16-bit grey.
+    ``alpha`` is the source's 8-bit alpha, exactly as stored (Pillow has no 16-bit alpha;
+    16-bit gray+alpha PNGs arrive as 8-bit RGBA). ``exif`` starts with ``b"Exif\\0\\0"`` and
+    has its orientation reset to 1. ``notes`` lists lossy or non-obvious conversions made while
+    decoding.
     """
 
-    rgb: np.ndarray
+    pixels: np.ndarray
     alpha: np.ndarray | None
     format: str
     mode: str
@@ -124,11 +147,41 @@ class DecodedImage:
 
     @property
     def height(self) -> int:
-        return int(self.rgb.shape[0])
+        return int(self.pixels.shape[0])
 
     @property
     def width(self) -> int:
-        return int(self.rgb.shape[1])
+        return int(self.pixels.shape[1])
+
+    @property
+    def maxval(self) -> int:
+        """Largest sample value: 255, or 65535 for 16-bit grey."""
+        return 65535 if self.pixels.dtype == np.uint16 else 255
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the pixels (Pillow keeps RGB at 4 bytes a pixel) and alpha."""
+        per_pixel = 4 if self.pixels.ndim == 3 else self.pixels.dtype.itemsize
+        alpha = 0 if self.alpha is None else self.alpha.size
+        return self.height * self.width * per_pixel + alpha
+
+    @property
+    def rgb(self) -> np.ndarray:
+        """float32 RGB ``[H, W, 3]`` in [0, 1] (grey as three equal channels), read-only.
+
+        Computed on each access (12 bytes a pixel); the pipeline itself never needs it."""
+        return _readonly(to_float_rgb(self.pixels))
+
+    def __reduce__(self):
+        # Colour pixels travel as their contiguous 4-byte-pixel buffer (a plain copy rather
+        # than a strided gather) and come back as the same kind of view.
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        base = _rgbx_base(self.pixels)
+        if base is not None:
+            fields["pixels"] = np.ascontiguousarray(base)
+            return _rebuild_decoded, (fields, True)
+        return _rebuild_decoded, (fields, False)
+
 
     @property
     def output_format(self) -> str:
@@ -152,6 +205,15 @@ class DecodedImage:
                 return "I;16"
             return "LA" if self.alpha is not None else "L"
         return "RGBA" if self.alpha is not None else "RGB"
+
+
+def _rebuild_decoded(fields: dict, rgbx: bool) -> DecodedImage:
+    if rgbx:
+        fields["pixels"] = fields["pixels"][..., :3]
+    for name in ("pixels", "alpha"):
+        if fields[name] is not None:
+            fields[name] = _readonly(fields[name])
+    return DecodedImage(**fields)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,6 +255,7 @@ def decode_image(data: bytes, *, max_pixels: int = 100_000_000) -> DecodedImage:
             raise ImageDecodeError("empty", f"image has no pixels ({width}x{height})")
         _refuse_animated(im, fmt, data)
         tiff_orientation = im.tag_v2.get(_ORIENTATION) if fmt == "TIFF" else None
+        _raise_block_size(width * height * 4)
         try:
             im.load()
         except Image.DecompressionBombError as exc:
@@ -261,7 +324,7 @@ def _build_record(
     pixels, alpha, grayscale, bit_depth, icc = _to_pixels(im, icc, notes)
     _note_reduced_depth(im, fmt, data, bit_depth, notes)
     return DecodedImage(
-        rgb=_readonly(pixels),
+        pixels=_readonly(pixels),
         alpha=None if alpha is None else _readonly(alpha),
         format=fmt,
         mode=im.mode,
@@ -290,54 +353,60 @@ def _readonly(array: np.ndarray) -> np.ndarray:
 def _to_pixels(
     im: Image.Image, icc: bytes | None, notes: list[str]
 ) -> tuple[np.ndarray, np.ndarray | None, bool, int, bytes | None]:
-    """Return (rgb float32, alpha, grayscale, bit_depth, icc) for any supported mode."""
+    """Return (native pixels, alpha, grayscale, bit_depth, icc) for any supported mode."""
     mode = im.mode
     has_trns = "transparency" in im.info
     if mode == "1":
         notes.append("bilevel_as_gray")
-        return _gray(np.asarray(im.convert("L")), 255), None, True, 8, icc
+        return _plane(im.convert("L")), None, True, 8, icc
     if mode == "L" and not has_trns:
-        return _gray(np.asarray(im), 255), None, True, 8, icc
+        return _plane(im), None, True, 8, icc
     if mode in ("LA", "La", "L"):
-        la = np.asarray(im.convert("LA"))
-        return _gray(la[..., 0], 255), la[..., 1].copy(), True, 8, icc
+        la = im.convert("LA")
+        return _plane(la.getchannel("L")), _plane(la.getchannel("A")), True, 8, icc
     if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
-        return _gray(np.asarray(im), 65535), None, True, 16, icc
+        return np.asarray(im).astype(np.uint16), None, True, 16, icc
     if mode == "I":
         values = np.clip(np.asarray(im), 0, 65535).astype(np.uint16)
-        return _gray(values, 65535), None, True, 16, icc
+        return values, None, True, 16, icc
     if mode in ("P", "PA"):
         notes.append("palette_expanded")
         if mode == "PA" or has_trns or im.palette is not None and im.palette.mode == "RGBA":
-            return (*_rgba(np.asarray(im.convert("RGBA"))), False, 8, icc)
-        return _color(np.asarray(im.convert("RGB"))), None, False, 8, icc
+            return (*_rgba(im.convert("RGBA")), False, 8, icc)
+        return _color(im.convert("RGB")), None, False, 8, icc
     if mode in ("RGBA", "RGBa") or (mode == "RGB" and has_trns):
         rgba = im if mode == "RGBA" else im.convert("RGBA")
-        return (*_rgba(np.asarray(rgba)), False, 8, icc)
+        return (*_rgba(rgba), False, 8, icc)
     if mode == "RGB":
-        return _color(np.asarray(im)), None, False, 8, icc
+        return _color(im), None, False, 8, icc
     if mode == "CMYK":
         rgb_im, icc = _cmyk_to_rgb(im, icc, notes)
-        return _color(np.asarray(rgb_im)), None, False, 8, icc
+        return _color(rgb_im), None, False, 8, icc
     if mode in ("RGBX", "YCbCr", "LAB", "HSV"):
         if mode != "RGBX":
             notes.append(f"{mode.lower()}_to_rgb")
-        return _color(np.asarray(im.convert("RGB"))), None, False, 8, icc
+        return _color(im.convert("RGB")), None, False, 8, icc
     raise ImageDecodeError("unsupported", f"image mode {mode} is not supported")
 
 
-def _gray(values: np.ndarray, maxval: int) -> np.ndarray:
-    out = np.empty((*values.shape, 3), dtype=np.float32)
-    np.divide(values[..., None], np.float32(maxval), out=out, dtype=np.float32)
-    return out
+def _plane(im: Image.Image) -> np.ndarray:
+    """uint8 ``[H, W]`` of an ``L`` image (a view of Pillow's memory when possible)."""
+    view = pixel_view(im)
+    return view if view is not None else np.asarray(im)
 
 
-def _color(values: np.ndarray) -> np.ndarray:
-    return np.divide(values[..., :3], np.float32(255), dtype=np.float32)
+def _color(im: Image.Image) -> np.ndarray:
+    """uint8 ``[H, W, 3]`` of an ``RGB`` image: a view of Pillow's memory when possible."""
+    view = pixel_view(im)
+    return view[..., :3] if view is not None else np.asarray(im)
 
 
-def _rgba(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return _color(values), values[..., 3].copy()
+def _rgba(im: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+    view = pixel_view(im)
+    if view is None:
+        values = np.asarray(im)
+        return values[..., :3].copy(), values[..., 3].copy()
+    return view[..., :3], np.ascontiguousarray(view[..., 3])
 
 
 def _cmyk_to_rgb(
@@ -476,28 +545,36 @@ def _webp_is_lossless(data: bytes) -> bool:
 
 def encode_image(
     decoded: DecodedImage,
-    rgb: np.ndarray,
+    pixels: np.ndarray,
     *,
     jpeg_quality: int = 95,
     jpeg_subsampling: str | None = None,
     png_compress_level: int = 6,
 ) -> bytes:
-    """Encode marked ``rgb`` (float ``[H, W, 3]`` in [0, 1]) like ``decoded`` was stored.
+    """Encode marked pixels like ``decoded`` was stored.
+
+    ``pixels`` is either in ``decoded.pixels``' own layout and type (what ``add_residual``
+    returns; written as they are, without a copy where Pillow allows) or float RGB
+    ``[H, W, 3]`` in [0, 1] (clipped and rounded to nearest with ``np.rint``, grey outputs
+    taking the BT.601 luma; NaN raises ValueError).
 
     Writes ``decoded.output_format`` in ``decoded.output_mode`` with the source's alpha, ICC
     profile, EXIF, XMP and resolution. JPEG uses ``jpeg_quality`` and the source's chroma
     subsampling unless ``jpeg_subsampling`` ("4:4:4", "4:2:2", "4:2:0") is given; lossy WEBP
     uses ``jpeg_quality`` too, lossless WEBP stays lossless; PNG, BMP and TIFF are lossless
     (TIFF keeps the source's compression; JPEG-compressed TIFF uses ``jpeg_quality``).
-    Values are clipped to [0, 1] and rounded to nearest (``np.rint``); NaN raises ValueError.
     """
-    if rgb.shape != (decoded.height, decoded.width, 3):
-        raise ValueError(f"rgb shape {rgb.shape} != {(decoded.height, decoded.width, 3)}")
+    if np.issubdtype(pixels.dtype, np.floating):
+        if pixels.shape != (decoded.height, decoded.width, 3):
+            raise ValueError(f"rgb shape {pixels.shape} != {(decoded.height, decoded.width, 3)}")
+    elif pixels.shape != decoded.pixels.shape or pixels.dtype != decoded.pixels.dtype:
+        raise ValueError(f"pixels {pixels.dtype}{pixels.shape} do not match the decoded "
+                         f"{decoded.pixels.dtype}{decoded.pixels.shape}")
     if not 1 <= jpeg_quality <= 100:
         raise ValueError(f"jpeg_quality must be in [1, 100], got {jpeg_quality}")
     if jpeg_subsampling not in (None, "4:4:4", "4:2:2", "4:2:0"):
         raise ValueError(f"unknown jpeg_subsampling {jpeg_subsampling!r}")
-    image = _to_pil(decoded, rgb)
+    image = _to_pil(decoded, pixels)
     fmt = decoded.output_format
     options = _save_options(decoded, fmt, jpeg_quality, jpeg_subsampling, png_compress_level)
     out = io.BytesIO()
@@ -505,15 +582,18 @@ def encode_image(
     return out.getvalue()
 
 
-def _to_pil(decoded: DecodedImage, rgb: np.ndarray) -> Image.Image:
+def _to_pil(decoded: DecodedImage, pixels: np.ndarray) -> Image.Image:
     mode = decoded.output_mode
-    if mode == "I;16":
-        image = Image.fromarray(_quantize(rgb, 65535, np.uint16, luma=True))
+    if not np.issubdtype(pixels.dtype, np.floating):
+        image = pil_image(pixels)
+    elif mode == "I;16":
+        image = Image.fromarray(_quantize(pixels, 65535, np.uint16, luma=True))
     elif mode in ("L", "LA"):
-        image = Image.fromarray(_quantize(rgb, 255, np.uint8, luma=True))
+        image = Image.fromarray(_quantize(pixels, 255, np.uint8, luma=True))
     else:
-        image = Image.fromarray(_quantize(rgb, 255, np.uint8))
+        image = Image.fromarray(_quantize(pixels, 255, np.uint8))
     if decoded.alpha is not None and mode in ("LA", "RGBA"):
+        image = image.convert(mode)  # a new image: the pixels may be views of other memory
         image.putalpha(Image.fromarray(np.ascontiguousarray(decoded.alpha, dtype=np.uint8)))
     return image
 
@@ -615,16 +695,15 @@ def to_working_size(rgb: np.ndarray, size: int) -> np.ndarray:
     """Resize RGB (uint8, or float in [0, 1]) to float32 ``[size, size, 3]`` in [0, 1].
 
     Uses Pillow on an 8-bit image: BOX (area) when shrinking both axes, bilinear otherwise.
-    The result is quantised to 1/255 steps, as for any 8-bit source.
+    The result is quantised to 1/255 steps, as for any 8-bit source. A uint8 view with a
+    4-byte pixel stride (``DecodedImage.pixels``) is resized without a copy.
     """
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected [H, W, 3], got {rgb.shape}")
     if size < 1:
         raise ValueError("size must be positive")
     pixels = rgb if rgb.dtype == np.uint8 else _quantize(rgb, 255, np.uint8)
-    height, width = pixels.shape[:2]
-    resample = Image.BOX if height >= size and width >= size else Image.BILINEAR
-    small = Image.fromarray(np.ascontiguousarray(pixels)).resize((size, size), resample)
+    small = _resize_to(pil_image(pixels), size)
     return np.divide(np.asarray(small), np.float32(255), dtype=np.float32)
 
 
@@ -675,6 +754,324 @@ def _upsample_pillow(residual: np.ndarray, height: int, width: int) -> np.ndarra
         plane = Image.fromarray(np.ascontiguousarray(residual[..., c]), mode="F")
         out[..., c] = np.asarray(plane.resize((width, height), Image.BILINEAR))
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Pillow memory <-> numpy, without copies
+
+_SINGLE_BLOCK_BYTES = 1 << 30
+"""Images up to this many bytes of Pillow memory (4 bytes a pixel for RGB: 268 MP) are
+allocated in one block, so that numpy can view them (see the module docstring)."""
+
+
+def _raise_block_size(nbytes: int) -> None:
+    """Make Pillow allocate images of up to ``nbytes`` (capped) in a single memory block."""
+    try:
+        wanted = min(_SINGLE_BLOCK_BYTES, (int(nbytes) + 4095) // 4096 * 4096)
+        if Image.core.get_block_size() < wanted:
+            Image.core.set_block_size(wanted)
+    except (AttributeError, ValueError, TypeError):  # an old Pillow: copies are made instead
+        pass
+
+
+_raise_block_size(512 << 20)
+
+
+def pixel_view(image: Image.Image) -> np.ndarray | None:
+    """Read-only numpy view of a Pillow image's own memory, or None when there is none.
+
+    ``RGB``/``RGBA``/``RGBX`` give uint8 ``[H, W, 4]`` (Pillow's 4-byte pixels: take
+    ``[..., :3]`` for RGB), ``L`` gives uint8 ``[H, W]``. The view keeps the memory alive after
+    the image is closed. None for other modes, images held in several memory blocks, or a
+    Pillow/pyarrow without the Arrow interface: callers then copy (``np.asarray``)."""
+    if image.mode not in ("RGB", "RGBA", "RGBX", "L"):
+        return None
+    try:
+        import pyarrow
+
+        exported = pyarrow.array(image)
+        if image.mode != "L":
+            exported = exported.flatten()
+        flat = exported.to_numpy(zero_copy_only=True)
+    except Exception:  # noqa: BLE001 - no zero-copy export here: the caller copies instead
+        return None
+    width, height = image.size
+    shape = (height, width) if image.mode == "L" else (height, width, 4)
+    if flat.dtype != np.uint8 or flat.size != int(np.prod(shape)):
+        return None
+    return flat.reshape(shape)
+
+
+_byte_bounds = getattr(getattr(np.lib, "array_utils", None), "byte_bounds", None) or np.byte_bounds
+
+
+def _rgbx_base(pixels: np.ndarray) -> np.ndarray | None:
+    """The contiguous uint8 ``[H, W, 4]`` array that an ``[H, W, 3]`` view was cut from."""
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+        return None
+    height, width = pixels.shape[:2]
+    if pixels.strides != (width * 4, 4, 1):
+        return None
+    owner = pixels
+    while isinstance(owner.base, np.ndarray):
+        owner = owner.base
+    low, high = _byte_bounds(owner)
+    start = pixels.__array_interface__["data"][0]
+    if start < low or start + height * width * 4 > high:
+        return None
+    return np.lib.stride_tricks.as_strided(
+        pixels, (height, width, 4), (width * 4, 4, 1), writeable=False)
+
+
+def pil_image(pixels: np.ndarray) -> Image.Image:
+    """A Pillow image of uint8 ``[H, W, 3]`` (RGB), uint8 ``[H, W]`` (L) or uint16 ``[H, W]``
+    (I;16) pixels, sharing their memory where the layout allows (an ``[H, W, 3]`` view with a
+    4-byte pixel stride, as ``DecodedImage.pixels`` and ``add_residual`` give); else a copy.
+    Treat the image as read-only."""
+    if pixels.dtype == np.uint8 and pixels.ndim == 3 and pixels.shape[2] == 3:
+        base = _rgbx_base(pixels)
+        if base is not None:
+            try:
+                import pyarrow
+
+                flat = pyarrow.array(base.reshape(-1))  # zero-copy over numpy memory
+                arrow = pyarrow.FixedSizeListArray.from_arrays(flat, 4)
+                return Image.fromarrow(arrow, "RGB", (pixels.shape[1], pixels.shape[0]))
+            except Exception:  # noqa: BLE001 - no Arrow import here: copy instead
+                pass
+        return Image.fromarray(np.ascontiguousarray(pixels), "RGB")
+    if pixels.dtype == np.uint8 and pixels.ndim == 2:
+        return Image.fromarray(np.ascontiguousarray(pixels), "L")
+    if pixels.dtype == np.uint16 and pixels.ndim == 2:
+        return Image.fromarray(np.ascontiguousarray(pixels))
+    raise ValueError(f"no Pillow mode for pixels {pixels.dtype}{pixels.shape}")
+
+
+def to_float_rgb(pixels: np.ndarray) -> np.ndarray:
+    """float32 RGB ``[H, W, 3]`` in [0, 1] of native pixels (grey becomes three channels)."""
+    maxval = np.float32(65535 if pixels.dtype == np.uint16 else 255)
+    if pixels.ndim == 2:
+        out = np.empty((*pixels.shape, 3), dtype=np.float32)
+        np.divide(pixels[..., None], maxval, out=out, dtype=np.float32)
+        return out
+    return np.divide(pixels[..., :3], maxval, dtype=np.float32)
+
+
+def to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """8-bit pixels: uint8 unchanged; 16-bit grey rounded as ``rint(v / 65535 * 255)``."""
+    if pixels.dtype == np.uint8:
+        return pixels
+    plane = np.empty(pixels.shape, dtype=np.uint8)
+    for rows in _row_blocks(pixels.shape[0], int(np.prod(pixels.shape[1:]))):
+        block = np.divide(pixels[rows], np.float32(65535), dtype=np.float32)
+        block *= np.float32(255)
+        np.rint(block, out=block)
+        plane[rows] = block
+    return plane
+
+
+def working_view(pixels: np.ndarray, size: int) -> np.ndarray:
+    """``to_working_size`` for native pixels (``DecodedImage.pixels``): float32
+    ``[size, size, 3]`` in [0, 1], grey as three equal channels, 16-bit grey rounded to 8 bits
+    first. Equal to ``to_working_size(to_float_rgb(pixels), size)``, without the float copy."""
+    if size < 1:
+        raise ValueError("size must be positive")
+    if pixels.ndim == 3:
+        return to_working_size(pixels, size)
+    small = np.asarray(_resize_to(pil_image(to_uint8(pixels)), size))
+    out = np.empty((size, size, 3), dtype=np.float32)
+    np.divide(small[..., None], np.float32(255), out=out, dtype=np.float32)
+    return out
+
+
+def _resize_to(image: Image.Image, size: int) -> Image.Image:
+    width, height = image.size
+    resample = Image.BOX if height >= size and width >= size else Image.BILINEAR
+    return image.resize((size, size), resample)
+
+
+# ---------------------------------------------------------------------------------------------
+# marking
+
+_TILE_PIXELS = 1 << 17
+"""Pixels per row tile of ``add_residual`` (512 KiB of RGBX: tiles stay in the CPU cache)."""
+_REPLICATE = np.uint32(0x01010101)
+
+
+def add_residual(pixels: np.ndarray, residual: np.ndarray, scale: float) -> np.ndarray:
+    """Marked copy of native ``pixels``: ``clip(p + floor(scale * up(residual) + 0.5))``.
+
+    ``pixels`` is uint8 ``[H, W, 3]``, uint8 ``[H, W]`` or uint16 ``[H, W]`` (as in
+    ``DecodedImage.pixels``); ``residual`` is ``[S0, S1, C]``, bilinearly upsampled as by
+    ``upsample_residual`` (C = 1 adds the same value to R, G and B; grey pixels take the BT.601
+    luma of a C = 3 residual); ``scale`` is strength × the largest sample value (255 or
+    65535). The result has the same type and shape (colour as a view with a 4-byte pixel
+    stride, which ``pil_image`` wraps without a copy). Works in row tiles: 8-bit images with
+    saturating uint8 arithmetic, others in int32; the only full-size array is the result.
+    """
+    residual = np.asarray(residual, dtype=np.float32)
+    if residual.ndim != 3 or residual.shape[2] not in (1, 3):
+        raise ValueError(f"residual must be [S, S, 1] or [S, S, 3], got {residual.shape}")
+    if pixels.dtype not in (np.uint8, np.uint16) or pixels.ndim not in (2, 3):
+        raise ValueError(f"pixels must be uint8/uint16 [H, W(, 3)], got {pixels.dtype}{pixels.shape}")
+    if pixels.ndim == 3 and (pixels.shape[2] != 3 or pixels.dtype != np.uint8):
+        raise ValueError(f"colour pixels must be uint8 [H, W, 3], got {pixels.dtype}{pixels.shape}")
+    if not np.isfinite(scale) or not np.all(np.isfinite(residual)):
+        raise ValueError("residual and scale must be finite")
+    grey = pixels.ndim == 2
+    if grey and residual.shape[2] == 3:
+        residual = (residual @ _LUMA)[..., None]
+    height, width = pixels.shape[:2]
+    maxval = 65535 if pixels.dtype == np.uint16 else 255
+    small = float(np.abs(residual).max(initial=0.0)) * abs(scale) < 127.0
+    offset = 128.5 if pixels.dtype == np.uint8 and small else 0.5
+    planes = [_Lerp(residual[..., c], height, width, float(scale), offset)
+              for c in range(residual.shape[2])]
+    if offset > 1:
+        return _add_u8(pixels, planes)
+    return _add_wide(pixels, planes, maxval)
+
+
+class _Lerp:
+    """``scale * upsample_residual(plane) + offset`` (float32), produced in row tiles."""
+
+    def __init__(self, plane: np.ndarray, height: int, width: int, scale: float, offset: float):
+        src_h, src_w = plane.shape
+        self.full = None
+        if height < src_h or width < src_w:  # shrinking: Pillow's antialiasing filter, once
+            full = _upsample_pillow(np.ascontiguousarray(plane)[..., None], height, width)[..., 0]
+            full *= np.float32(scale)
+            full += np.float32(offset)
+            self.full = full
+            return
+        x0, x1, wx = _lerp_coords(src_w, width)
+        rows = np.ascontiguousarray(plane[:, x0], dtype=np.float32)
+        rows += (plane[:, x1] - rows) * wx
+        rows *= np.float32(scale)
+        self.diffs = np.concatenate([rows[1:] - rows[:-1], np.zeros((1, width), np.float32)])
+        rows += np.float32(offset)
+        self.rows = rows
+        y0, y1, self.wy = _lerp_coords(src_h, height)
+        # runs of output rows that share their two source rows: (first row, source row, lerp?)
+        starts = np.r_[0, np.flatnonzero(np.diff(y0 * (src_h + 1) + y1)) + 1]
+        self.runs = [(int(r), int(y0[r]), bool(y0[r] != y1[r])) for r in starts] + [(height, 0, False)]
+        self.cursor = 0
+
+    def fill(self, start: int, stop: int, out: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+        """Rows ``start:stop`` into ``out[:stop - start]`` (tiles are asked for in order); an
+        integer ``out`` receives the values truncated (``scratch``: float32, as large)."""
+        out = out[: stop - start]
+        if self.full is not None:
+            np.copyto(out, self.full[start:stop], casting="unsafe")
+            return out
+        runs = self.runs
+        if runs[self.cursor][0] > start:
+            self.cursor = 0
+        while runs[self.cursor + 1][0] <= start:
+            self.cursor += 1
+        index, row = self.cursor, start
+        while row < stop:
+            first, source, lerp = runs[index]
+            end = min(stop, runs[index + 1][0])
+            dest = out[row - start:end - start]
+            if lerp:
+                tmp = scratch[row - start:end - start]
+                np.multiply.outer(self.wy[row:end], self.diffs[source], out=tmp)
+                np.add(tmp, self.rows[source], out=dest, casting="unsafe")
+            else:
+                np.copyto(dest, self.rows[source], casting="unsafe")
+            row = end
+            if row == runs[index + 1][0]:
+                index += 1
+        self.cursor = index
+        return out
+
+
+def _tile_rows(width: int) -> int:
+    return max(1, _TILE_PIXELS // max(1, width))
+
+
+def _add_u8(pixels: np.ndarray, planes: list[_Lerp]) -> np.ndarray:
+    """8-bit marking, exact and saturating, in uint8 row tiles. With ``d`` the rounded delta
+    (``|d| <= 127``), ``clip(p + d, 0, 255) == clip(p, max(-d, 0), 255 - max(d, 0)) + d``
+    where the last add may wrap harmlessly; the bounds and ``d`` are computed once per pixel
+    and replicated to the R, G, B (and pad) bytes with one uint32 multiply each."""
+    height, width = pixels.shape[:2]
+    colour = pixels.ndim == 3
+    rows = _tile_rows(width)
+    lanes = 4 if colour else 1
+    source = _rgbx_base(pixels) if colour else pixels
+    out = np.empty((height, width, 4) if colour else (height, width), dtype=np.uint8)
+    delta = np.empty((rows, width), np.float32)
+    biased = np.empty((rows, width), np.uint8)
+    c128 = np.full((rows, width), 128, np.uint8)
+    single = [np.empty((rows, width), np.uint8) for _ in range(3)]  # low, high, d (one lane)
+    lanes_out = [np.empty((rows, width, lanes), np.uint8) for _ in range(3)]
+    staged = np.empty((rows, width, 4), np.uint8) if colour and source is None else None
+    replicate = colour and len(planes) == 1
+    for start in range(0, height, rows):
+        stop = min(height, start + rows)
+        n = stop - start
+        for c, plane in enumerate(planes):
+            e = plane.fill(start, stop, biased, delta)  # e = floor(d + 0.5) + 128, in [1, 255]
+            low, high, d = (a[:n] for a in single)
+            np.minimum(e, c128[:n], out=low)
+            np.subtract(c128[:n], low, out=low)      # max(-d, 0)
+            np.maximum(e, c128[:n], out=high)
+            np.subtract(127, high, out=high)         # 255 - max(d, 0)  (mod 256)
+            np.subtract(e, 128, out=d)               # d as a wrapping byte
+            for one, many in zip((low, high, d), lanes_out):
+                if replicate:  # one delta for R, G, B and the pad byte: 4 lanes at once
+                    np.multiply(one, _REPLICATE, dtype=np.uint32,
+                                out=many[:n].reshape(n, width * 4).view(np.uint32))
+                else:
+                    many[:n, :, c] = one
+        if colour and len(planes) == 3:
+            for many in lanes_out:
+                many[:n, :, 3] = 0
+        if colour:
+            if source is not None:
+                src = source[start:stop]
+            else:
+                src = staged[:n]
+                src[..., :3] = pixels[start:stop]
+            src = src.reshape(n, width * 4)
+            dst = out[start:stop].reshape(n, width * 4)
+        else:
+            src, dst = pixels[start:stop], out[start:stop]
+        low, high, d = (many[:n].reshape(dst.shape) for many in lanes_out)
+        np.maximum(src, low, out=dst)
+        np.minimum(dst, high, out=dst)
+        dst += d
+    return out[..., :3] if colour else out
+
+
+def _add_wide(pixels: np.ndarray, planes: list[_Lerp], maxval: int) -> np.ndarray:
+    """Marking in int32 row tiles (16-bit pixels, or deltas beyond ±127)."""
+    height, width = pixels.shape[:2]
+    colour = pixels.ndim == 3
+    rows = _tile_rows(width)
+    out = np.empty((height, width, 4) if colour else (height, width), dtype=pixels.dtype)
+    delta = np.empty((rows, width), np.float32)
+    for start in range(0, height, rows):
+        stop = min(height, start + rows)
+        n = stop - start
+        block = np.asarray(pixels[start:stop], dtype=np.int32)
+        for c, plane in enumerate(planes):
+            d = np.floor(plane.fill(start, stop, delta, delta)).astype(np.int32)
+            if not colour:
+                block += d
+            elif len(planes) == 1:
+                block += d[..., None]
+            else:
+                block[..., c] += d
+        np.clip(block, 0, maxval, out=block)
+        if colour:
+            out[start:stop, :, :3] = block
+        else:
+            out[start:stop] = block
+        del n
+    return out[..., :3] if colour else out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -801,15 +1198,37 @@ def psnr(a: np.ndarray, b: np.ndarray, *, data_range: float | None = None) -> fl
         raise ValueError(f"shape mismatch {a.shape} != {b.shape}")
     if data_range is None:
         data_range = _default_range(a.dtype, b.dtype)
-    total = 0.0
-    row_elements = int(np.prod(a.shape[1:])) if a.ndim > 1 else 1
-    for rows in _row_blocks(a.shape[0], row_elements):
-        diff = np.subtract(a[rows], b[rows], dtype=np.float32).ravel()
-        total += float(np.dot(diff, diff))
+    base_a, base_b = _rgbx_base(a), _rgbx_base(b)
+    if base_a is not None and base_b is not None:
+        total = _squared_error_rgbx(base_a, base_b)
+    else:
+        total = 0.0
+        row_elements = int(np.prod(a.shape[1:])) if a.ndim > 1 else 1
+        for rows in _row_blocks(a.shape[0], row_elements):
+            diff = np.subtract(a[rows], b[rows], dtype=np.float32).ravel()
+            total += float(np.dot(diff, diff))
     if total == 0.0:
         return math.inf
     mse = total / max(1, a.size)
     return 10.0 * math.log10(data_range * data_range / mse)
+
+
+def _squared_error_rgbx(a: np.ndarray, b: np.ndarray) -> float:
+    """Sum of squared R, G, B differences of two ``[H, W, 4]`` arrays (pad bytes ignored),
+    over contiguous row tiles."""
+    height, width = a.shape[:2]
+    rows = _tile_rows(width)
+    diff = np.empty((rows, width * 4), np.float32)
+    total = 0.0
+    for start in range(0, height, rows):
+        stop = min(height, start + rows)
+        n = stop - start
+        d = np.subtract(a[start:stop].reshape(n, -1), b[start:stop].reshape(n, -1), out=diff[:n],
+                        dtype=np.float32)
+        d.reshape(n, width, 4)[..., 3] = 0
+        flat = d.ravel()
+        total += float(np.dot(flat, flat))
+    return total
 
 
 def _default_range(*dtypes: np.dtype) -> float:

@@ -388,11 +388,29 @@ def summarize(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
 # Thumbnails
 
 
-def _open_rgb(data: bytes) -> Image.Image:
-    """Decodes the first frame, applies EXIF orientation, returns 8-bit RGB."""
+ANALYSIS_SIDE = 1024
+"""Thumbnails and the residual are computed on images reduced to at most this many pixels on
+the long side (JPEGs are decoded at reduced scale directly), so a report never holds a
+full-resolution copy of a large photo: the watermark residual is smooth at this scale (it is
+upsampled from the model's working size), and the thumbnails are smaller still."""
+
+
+def _open_rgb(data: bytes, max_side: int = ANALYSIS_SIDE) -> tuple[Image.Image, tuple[int, int]]:
+    """Decodes the first frame, applies EXIF orientation, returns 8-bit RGB reduced (by an
+    integer factor, with JPEG's DCT scaling when possible) to at most ``max_side`` pixels on
+    the long side, and the full size (after orientation)."""
     with Image.open(io.BytesIO(data)) as opened:
+        width, height = opened.size
+        longest = max(width, height)
+        if longest > max_side and opened.format in ("JPEG", "MPO"):
+            factor = longest / max_side
+            opened.draft(opened.mode if opened.mode in ("RGB", "L") else None,
+                         (math.ceil(width / factor), math.ceil(height / factor)))
         opened.load()
+        if opened.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+            width, height = height, width
         image = ImageOps.exif_transpose(opened)
+    image = _reduce_to(image, max_side)
     if image.mode in ("I", "F") or image.mode.startswith("I;16"):
         array = np.asarray(image, dtype=np.float64)
         scale = 255.0 / 65535.0 if array.max(initial=0) > 255 else 1.0
@@ -401,7 +419,19 @@ def _open_rgb(data: bytes) -> Image.Image:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
-    return image.convert("RGB")
+    return image.convert("RGB"), (width, height)
+
+
+def _reduce_to(image: Image.Image, max_side: int) -> Image.Image:
+    factor = math.ceil(max(image.size) / max_side)
+    if factor <= 1:
+        return image
+    if image.mode not in ("1", "L", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr",
+                          "I", "F", "I;16", "I;16L", "I;16B", "I;16N"):
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif image.mode == "1":
+        image = image.convert("L")
+    return image.reduce(factor)
 
 
 def _png_base64(image: Image.Image) -> str:
@@ -417,8 +447,8 @@ def _thumbnail(image: Image.Image, size: int) -> Image.Image:
 
 
 def _residual(original: Image.Image, marked: Image.Image, gain: float) -> tuple[Image.Image, int]:
-    """``|marked - original| * gain`` at full resolution (clipped to 8 bits) and the largest
-    absolute difference in 8-bit levels."""
+    """``|marked - original| * gain`` (clipped to 8 bits) and the largest absolute difference
+    in 8-bit levels, at the images' (analysis) resolution."""
     if marked.size != original.size:
         marked = marked.resize(original.size, Image.Resampling.BILINEAR)
     a = np.asarray(original, dtype=np.int16)
@@ -433,11 +463,15 @@ def make_thumbnails(image_path: str, original: bytes, marked: bytes, size: int =
     """Base64 PNG thumbnails (longest side ``size``) of the original, the marked image and the
     amplified residual ``|marked - original| * gain``; None when either image cannot be decoded.
 
-    The residual is computed at full resolution, then reduced, so fine patterns stay visible.
+    The residual is computed before the final reduction, on the images at up to
+    ``max(ANALYSIS_SIDE, 4 * size)`` pixels on the long side (full resolution for images that
+    small), so fine patterns stay visible; ``residual_max`` is measured at that resolution.
+    Large images are never held at full resolution twice (JPEGs are decoded reduced).
     """
     try:
-        source = _open_rgb(original)
-        result = _open_rgb(marked)
+        side = max(ANALYSIS_SIDE, 4 * size)
+        source, (width, height) = _open_rgb(original, side)
+        result, _ = _open_rgb(marked, side)
         residual, max_diff = _residual(source, result, gain)
         thumbs = {key: _thumbnail(image, size)
                   for key, image in (("original", source), ("marked", result),
@@ -449,8 +483,8 @@ def make_thumbnails(image_path: str, original: bytes, marked: bytes, size: int =
     return {
         "image": str(image_path),
         "name": name,
-        "width": source.width,
-        "height": source.height,
+        "width": width,
+        "height": height,
         "gain": gain,
         "residual_max": max_diff,
         "thumb_width": thumbs["original"].width,

@@ -42,6 +42,7 @@ Reliability contract
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -63,7 +64,7 @@ from pipeline.bundle import ModelCard
 from pipeline.manifest import InputSpec, ManifestRow, has_scheme, is_image_name, normalize, read_manifest, relative_to
 from pipeline.options import RunConfig
 from pipeline.payload import PayloadCodec, PayloadError, ReadResult, format_payload
-from pipeline.watermarker import apply_residual, stack_views
+from pipeline.watermarker import mark_pixels
 
 NAMESPACE = "filigree"
 LOG = logging.getLogger("filigree")
@@ -344,7 +345,7 @@ class Prepare(beam.DoFn):
         self.read_counter.inc()
         record.update(width=decoded.width, height=decoded.height, format=decoded.format,
                       notes=list(decoded.notes))
-        view = stack_views([decoded.rgb], self.working_size)[0]
+        view = imageio.working_view(decoded.pixels, self.working_size)
         yield job.path, Item(job, record, decoded, bits, {"clean": view})
 
     def _payload_bits(self, job: Job) -> tuple[np.ndarray | None, str | None]:
@@ -413,6 +414,24 @@ def fixed_shape_calls(fn, arrays: tuple[np.ndarray, ...], rows: int) -> np.ndarr
     return np.concatenate(outputs) if len(outputs) > 1 else outputs[0]
 
 
+MAX_BATCH_BYTES = 256 << 20
+"""Decoded pixel bytes that one inference batch may carry (embedding batches carry whole
+images to the marking step; read-back batches carry only working-size views)."""
+
+
+def slot_bytes(batch_size: int) -> int:
+    return max(1, MAX_BATCH_BYTES // max(1, batch_size))
+
+
+def batch_slots(element: Any, slot_bytes: int) -> int:
+    """Batch slots an element fills: 1, or more for an image larger than one slot's share."""
+    item = element[1] if isinstance(element, tuple) and len(element) == 2 else element
+    decoded = getattr(item, "decoded", None)
+    if decoded is None:
+        return 1
+    return max(1, -(-decoded.nbytes // slot_bytes))
+
+
 class _BundleHandler(ModelHandler):
     """Loads the bundle once per worker process (RunInference shares it across threads)."""
 
@@ -431,10 +450,24 @@ class _BundleHandler(ModelHandler):
         return load_bundle(self.model_dir or bundled_model_dir())
 
     def batch_elements_kwargs(self):
-        return {"min_batch_size": 1, "max_batch_size": self.batch_size}
+        # Batch weight in slots: an image counts as the number of slots its pixels fill, so
+        # a batch holds `batch_size` small images or a few large ones, never more than about
+        # MAX_BATCH_BYTES of decoded pixels (an embedding batch carries its images).
+        return {"min_batch_size": 1, "max_batch_size": self.batch_size,
+                "element_size_fn": functools.partial(batch_slots, slot_bytes=slot_bytes(self.batch_size))}
 
     def share_model_across_processes(self) -> bool:
         return False
+
+    def get_num_bytes(self, batch: Sequence[Item]) -> int:
+        """Bytes of pixels and views a batch carries, for RunInference's metrics (its default
+        pickles the whole batch, decoded images included, just to measure it)."""
+        total = 0
+        for item in batch:
+            decoded = getattr(item, "decoded", None)
+            total += decoded.nbytes if decoded is not None else 0
+            total += sum(int(view.nbytes) for view in getattr(item, "views", {}).values())
+        return total
 
 
 class EmbedderHandler(_BundleHandler):
@@ -495,16 +528,7 @@ class MarkAndWrite(beam.DoFn):
             # Everything that can fail runs before the write, so an image either gets its file
             # and an `ok`/verification record, or an error record and no file.
             try:
-                marked = apply_residual(decoded.rgb, result.inference, self.strength)
-                data = imageio.encode_image(decoded, marked, jpeg_quality=cfg.jpeg_quality)
-                del marked
-                written = imageio.decode_image(data, max_pixels=max(cfg.max_pixels, decoded.width * decoded.height))
-                record["psnr"] = round(float(imageio.psnr(decoded.rgb, written.rgb, data_range=1.0)), 3)
-                views = {}
-                if cfg.verify != "none":
-                    views["clean"] = stack_views([written.rgb], self.working_size)[0]
-                    views.update(attacked_views(written.rgb, self.suite, self.working_size, seed_for(path, cfg.seed)))
-                del written
+                data, record["psnr"], views = self._mark(decoded, result.inference, path)
             except Exception as exc:  # noqa: BLE001 - this image's failure, reported in its record
                 raise _Failure("encode_failed", f"cannot mark or encode: {type(exc).__name__}: {exc}"[:500]) from None
             try:
@@ -525,22 +549,45 @@ class MarkAndWrite(beam.DoFn):
             return
         yield path, Item(item.job, record, None, None, views)
 
+    def _mark(self, decoded: imageio.DecodedImage, residual: np.ndarray, path: str):
+        """(encoded bytes, PSNR, read-back views). Works on the native pixels: the marked
+        copy is the only other full-size array, and it is dropped once encoded; the written
+        bytes are decoded again (the file is what gets verified) and compared row tile by row
+        tile with the source."""
+        cfg = self.cfg
+        marked = mark_pixels(decoded.pixels, residual, self.strength)
+        data = imageio.encode_image(decoded, marked, jpeg_quality=cfg.jpeg_quality)
+        del marked
+        written = imageio.decode_image(data, max_pixels=max(cfg.max_pixels, decoded.width * decoded.height))
+        psnr = round(float(imageio.psnr(decoded.pixels, written.pixels, data_range=decoded.maxval)), 3)
+        views = {}
+        if cfg.verify != "none":
+            views["clean"] = imageio.working_view(written.pixels, self.working_size)
+            views.update(attacked_views(written.pixels, self.suite, self.working_size, seed_for(path, cfg.seed)))
+        return data, psnr, views
+
 
 def seed_for(path: str, seed: int) -> int:
     """A per-image attack seed independent of processing order."""
     return int.from_bytes(hashlib.sha256(f"{seed}:{path}".encode()).digest()[:4], "big")
 
 
-def attacked_views(rgb: np.ndarray, suite, working_size: int, seed: int) -> dict[str, np.ndarray]:
-    """Working-size views of the image after each attack of the suite."""
+def attacked_views(pixels: np.ndarray, suite, working_size: int, seed: int) -> dict[str, np.ndarray]:
+    """Working-size views of the image (native pixels, or float RGB) after each attack of the
+    suite."""
     if not suite:
         return {}
     from PIL import Image
-    image = Image.fromarray(np.rint(rgb * 255.0).astype(np.uint8), "RGB")
+    if np.issubdtype(pixels.dtype, np.floating):
+        image = Image.fromarray(np.rint(np.clip(pixels, 0, 1) * 255.0).astype(np.uint8), "RGB")
+    else:
+        image = imageio.pil_image(imageio.to_uint8(pixels))
+        if image.mode != "RGB":
+            image = image.convert("RGB")
     views = {}
     for attack in suite:
         attacked = np.asarray(attack(image, seed).convert("RGB"))
-        views[attack.name] = stack_views([attacked], working_size)[0]
+        views[attack.name] = imageio.to_working_size(attacked, working_size)
     return views
 
 

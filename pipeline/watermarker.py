@@ -7,7 +7,11 @@
 
 The residual trick: the image is resized to the model's working size, the embedder predicts a
 residual there, and only the residual is upsampled to the image's own size and added. The
-Beam pipeline uses the same pure functions below, with batched inference.
+full-resolution work (upsampling, adding, rounding, clipping) runs on the image's own 8- or
+16-bit pixels in small row tiles (`imageio.add_residual`), reading Pillow's memory and writing
+the returned image's memory without intermediate copies: a marked pixel is
+`clip(pixel + floor(strength * maxval * upsampled_residual + 0.5))`. The Beam pipeline uses the
+same functions, with batched inference.
 """
 
 from __future__ import annotations
@@ -18,16 +22,34 @@ import numpy as np
 from PIL import Image
 
 from pipeline.bundle import LoadedBundle, load_bundle
-from pipeline.imageio import to_working_size, upsample_residual
+from pipeline.imageio import (
+    _raise_block_size,
+    _resize_to,
+    add_residual,
+    pil_image,
+    pixel_view,
+    to_working_size,
+    upsample_residual,
+    working_view,
+)
 from pipeline.payload import PayloadCodec, ReadResult
 
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I")
+
+
+def mark_pixels(pixels: np.ndarray, residual: np.ndarray, strength: float) -> np.ndarray:
+    """Marked copy of native pixels (uint8 RGB ``[H, W, 3]``, uint8 or uint16 grey
+    ``[H, W]``): ``clip(p + floor(strength * maxval * up(residual) + 0.5))``."""
+    maxval = 65535 if pixels.dtype == np.uint16 else 255
+    return add_residual(pixels, residual, float(strength) * maxval)
 
 
 def apply_residual(rgb: np.ndarray, residual: np.ndarray, strength: float) -> np.ndarray:
     """Marked float32 RGB in [0, 1]: `rgb + strength * upsampled(residual)`, clipped.
 
-    `residual` is the embedder's [S, S, C] output (C = 1 adds the same value to R, G and B)."""
+    `residual` is the embedder's [S, S, C] output (C = 1 adds the same value to R, G and B).
+    Float reference version of `mark_pixels` (full-size float arrays: for small images)."""
     height, width = rgb.shape[:2]
     upsampled = upsample_residual(residual, height, width)
     if strength != 1.0:
@@ -38,16 +60,74 @@ def apply_residual(rgb: np.ndarray, residual: np.ndarray, strength: float) -> np
 
 
 def stack_views(rgbs: Sequence[np.ndarray], size: int) -> np.ndarray:
-    """float32 [N, size, size, 3]: each image resized to the working size."""
-    return np.stack([to_working_size(rgb, size) for rgb in rgbs]).astype(np.float32, copy=False)
+    """float32 [N, size, size, 3]: each image (float RGB, uint8 RGB, or native grey pixels)
+    resized to the working size."""
+    return np.stack([working_view(rgb, size) for rgb in rgbs]).astype(np.float32, copy=False)
 
 
-# -- PIL images <-> float RGB ------------------------------------------------------------------
+# -- PIL images <-> pixels ---------------------------------------------------------------------
+
+def image_pixels(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """(native pixels, alpha uint8 [H, W] or None, output mode) of any PIL image.
+
+    Pixels are uint8 RGB ``[H, W, 3]`` (a read-only view of Pillow's memory for RGB/RGBA
+    images), uint8 grey ``[H, W]`` for ``L``/``LA``/``1``, uint16 grey for 16/32-bit grey.
+    The output mode keeps the family: grey stays grey (8 or 16 bit), alpha is kept; palette,
+    CMYK and other modes become RGB or RGBA (re-quantising a palette would destroy the mark)."""
+    mode = image.mode
+    image.load()
+    if mode in _SIXTEEN_BIT:
+        values = np.asarray(image)
+        if mode == "I":
+            values = np.clip(values, 0, 65535)
+        return values.astype(np.uint16), None, "I;16"
+    if mode in ("L", "1"):
+        grey = image if mode == "L" else image.convert("L")
+        return _grey_plane(grey), None, "L"
+    if mode == "LA":
+        return _grey_plane(image.getchannel("L")), _grey_plane(image.getchannel("A")).copy(), "LA"
+    if mode in ("RGBA", "PA") or (mode == "P" and "transparency" in image.info):
+        rgba = image if mode == "RGBA" else image.convert("RGBA")
+        view = _rgbx_view(rgba)
+        return view[..., :3], np.ascontiguousarray(view[..., 3]), "RGBA"
+    rgb = image if mode == "RGB" else image.convert("RGB")
+    return _rgbx_view(rgb)[..., :3], None, "RGB"
+
+
+def _grey_plane(image: Image.Image) -> np.ndarray:
+    view = pixel_view(image)
+    return view if view is not None else np.asarray(image)
+
+
+def _rgbx_view(image: Image.Image) -> np.ndarray:
+    """uint8 [H, W, 4] over Pillow's memory; an image held in several blocks is copied once
+    into a single block first."""
+    view = pixel_view(image)
+    if view is None:
+        width, height = image.size
+        _raise_block_size(width * height * 4)
+        view = pixel_view(image.copy())
+    if view is None:  # no Arrow support: pad a copy to the same layout
+        values = np.asarray(image.convert("RGBA"))
+        view = values
+    return view
+
+
+def pixels_to_image(pixels: np.ndarray, alpha: np.ndarray | None, mode: str) -> Image.Image:
+    """A PIL image in `mode` ("RGB", "RGBA", "L", "LA", "I;16") of native pixels (shared
+    memory for RGB where the layout allows) and an optional alpha."""
+    image = pil_image(pixels)
+    if mode in ("RGBA", "LA"):
+        image = image.convert(mode)
+        if alpha is not None:
+            image.putalpha(Image.fromarray(np.ascontiguousarray(alpha), "L"))
+    return image
+
 
 def pil_to_rgb(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     """(float32 RGB [H, W, 3] in [0, 1], alpha uint8 [H, W] or None) of any PIL image."""
     mode = image.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I"):
+    if mode in _SIXTEEN_BIT:
         values = np.asarray(image, dtype=np.float32) / 65535.0
         return np.repeat(np.clip(values, 0, 1)[..., None], 3, axis=2), None
     alpha = None
@@ -63,9 +143,9 @@ def rgb_to_pil(rgb: np.ndarray, alpha: np.ndarray | None, like_mode: str) -> Ima
     """A PIL image in `like_mode`'s family: grey stays grey (8 or 16 bit), alpha is re-attached;
     palette, CMYK and other modes come back as RGB or RGBA (re-quantising a palette would
     destroy the mark)."""
-    if like_mode in ("I;16", "I;16B", "I;16L", "I"):
+    if like_mode in _SIXTEEN_BIT:
         grey = np.rint(np.clip(rgb @ LUMA_WEIGHTS, 0, 1) * 65535.0).astype(np.uint16)
-        return Image.fromarray(grey, "I;16")
+        return Image.fromarray(grey)
     if like_mode in ("L", "LA", "1"):
         grey = Image.fromarray(np.rint(np.clip(rgb @ LUMA_WEIGHTS, 0, 1) * 255.0).astype(np.uint8), "L")
         if alpha is not None:
@@ -115,24 +195,47 @@ class Watermarker:
         return self.bundle.extract_fn(views)
 
     # -- one image, as arrays --------------------------------------------------------------
+    def embed_pixels(self, pixels: np.ndarray, payload: str | int) -> np.ndarray:
+        """Marked copy of native pixels (uint8 RGB [H, W, 3], uint8/uint16 grey [H, W])."""
+        bits = self.codec.encode(payload)[None]
+        residual = self.residuals(working_view(pixels, self.working_size)[None], bits)[0]
+        return mark_pixels(pixels, residual, self.strength)
+
     def embed_rgb(self, rgb: np.ndarray, payload: str | int) -> np.ndarray:
-        """Marked float32 RGB of the same shape."""
+        """Marked float32 RGB of the same shape (float reference path)."""
         bits = self.codec.encode(payload)[None]
         residual = self.residuals(stack_views([rgb], self.working_size), bits)[0]
         return apply_residual(rgb, residual, self.strength)
 
     def extract_rgb(self, rgb: np.ndarray, expected: str | int | None = None) -> ReadResult:
+        """Read the payload from float RGB, uint8 RGB or native grey pixels."""
         logits = self.logits(stack_views([rgb], self.working_size))[0]
         return self.codec.decode(logits, expected=expected, fpr=self.fpr)
 
     # -- one PIL image ---------------------------------------------------------------------
     def embed(self, image: Image.Image, payload: str | int) -> Image.Image:
         """The image with `payload` embedded: same size; grey stays grey, alpha is kept."""
-        rgb, alpha = pil_to_rgb(image)
-        return rgb_to_pil(self.embed_rgb(rgb, payload), alpha, image.mode)
+        pixels, alpha, mode = image_pixels(image)
+        return pixels_to_image(self.embed_pixels(pixels, payload), alpha, mode)
 
     def extract(self, image: Image.Image, expected: str | int | None = None) -> ReadResult:
         """Read the payload: `payload` (None if unreadable), `detected`, `p_value`, and `ber`
         against `expected` when given."""
-        rgb, _ = pil_to_rgb(image)
-        return self.extract_rgb(rgb, expected)
+        logits = self.logits(self.view(image)[None])[0]
+        return self.codec.decode(logits, expected=expected, fpr=self.fpr)
+
+    def view(self, image: Image.Image) -> np.ndarray:
+        """float32 [S, S, 3]: the image at the working size, as the models see it (straight
+        from Pillow's memory for RGB and L images; equal to `working_view` of its pixels)."""
+        size = self.working_size
+        if image.mode in ("RGB", "L"):
+            small = np.asarray(_resize_to(image, size))
+            if image.mode == "L":
+                small = np.repeat(small[..., None], 3, axis=2)
+            return np.divide(small, np.float32(255), dtype=np.float32)
+        pixels, _, _ = image_pixels(image)
+        return working_view(pixels, size)
+
+
+__all__ = ["Watermarker", "apply_residual", "image_pixels", "mark_pixels", "pil_to_rgb",
+           "pixels_to_image", "rgb_to_pil", "stack_views", "to_working_size"]

@@ -94,3 +94,19 @@ def gcs_bucket(gcs_server):
 
     client = storage.Client(project="test", credentials=AnonymousCredentials())
     yield client.create_bucket(f"filigree-test-{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """Loads a script from benchmarks/ (not a package) as a module: `load_benchmark("quality")`."""
+    import importlib.util
+    from pathlib import Path
+
+    def load(name: str):
+        path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"{name}_bench", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

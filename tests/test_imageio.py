@@ -727,3 +727,101 @@ def test_ssim() -> None:
     assert ssim(a, a) == pytest.approx(1.0)
     noisy = np.clip(a + _rng(2).normal(0, 0.1, a.shape).astype(np.float32), 0, 1)
     assert 0 < ssim(a, noisy) < 0.9
+
+
+# ------------------------------------------------------------------------------- native pixels
+
+
+def _arrow_views() -> bool:
+    return imageio.pixel_view(Image.new("RGB", (2, 2))) is not None
+
+
+def test_decoded_pixels_are_native_read_only_views() -> None:
+    rgb = _noise((H, W, 3))
+    decoded = decode_image(_save(Image.fromarray(rgb), "PNG"))
+    assert decoded.pixels.dtype == np.uint8 and decoded.pixels.shape == (H, W, 3)
+    assert decoded.maxval == 255 and not decoded.pixels.flags.writeable
+    np.testing.assert_array_equal(decoded.pixels, rgb)
+    np.testing.assert_array_equal(decoded.rgb, rgb / np.float32(255))
+    if _arrow_views():  # a view of Pillow's 4-byte pixels, not a copy
+        assert decoded.pixels.strides == (W * 4, 4, 1)
+    grey = decode_image(_save(Image.fromarray(rgb[..., 0]), "PNG"))
+    assert grey.pixels.shape == (H, W) and grey.pixels.dtype == np.uint8
+    sixteen = decode_image(_save(Image.fromarray(_noise((H, W), dtype=np.uint16)), "PNG"))
+    assert sixteen.pixels.dtype == np.uint16 and sixteen.maxval == 65535
+
+
+@pytest.mark.parametrize("case", ["RGBA-png", "I16-png", "L-png", "LA-png", "RGB-tiff-lzw", "P-png"])
+def test_integer_pixels_are_encoded_as_they_are(case: str) -> None:
+    make, fmt, options = LOSSLESS_CASES[case]
+    first = decode_image(_save(make(), fmt, **options))
+    second = decode_image(encode_image(first, first.pixels))
+    np.testing.assert_array_equal(second.pixels, first.pixels)
+    if first.alpha is not None:
+        np.testing.assert_array_equal(second.alpha, first.alpha)
+    with pytest.raises(ValueError):
+        encode_image(first, first.pixels[:-1])
+
+
+def test_pil_image_shares_memory_and_psnr_fast_path_agrees() -> None:
+    first = decode_image(_save(Image.fromarray(_gradient(64, 80)), "JPEG", quality=80))
+    second = decode_image(encode_image(first, first.pixels, jpeg_quality=60))
+    np.testing.assert_array_equal(np.asarray(imageio.pil_image(first.pixels)), first.pixels)
+    packed = [np.ascontiguousarray(d.pixels) for d in (first, second)]
+    assert psnr(first.pixels, second.pixels) == pytest.approx(psnr(*packed), rel=1e-6)
+
+
+def _native_cases() -> dict[str, np.ndarray]:
+    rgb = _noise((61, 83, 3), seed=4)
+    viewed = decode_image(_save(Image.fromarray(rgb), "PNG")).pixels
+    return {"rgb-view": viewed, "rgb-packed": rgb, "grey": _noise((61, 83), seed=5),
+            "grey16": _noise((61, 83), seed=6, dtype=np.uint16)}
+
+
+@pytest.mark.parametrize("kind", ["rgb-view", "rgb-packed", "grey", "grey16"])
+def test_working_view_equals_the_float_path(kind: str) -> None:
+    pixels = _native_cases()[kind]
+    np.testing.assert_array_equal(imageio.working_view(pixels, 16),
+                                  to_working_size(imageio.to_float_rgb(pixels), 16))
+
+
+def _reference_mark(pixels: np.ndarray, residual: np.ndarray, scale: float) -> np.ndarray:
+    if pixels.ndim == 2 and residual.shape[2] == 3:
+        residual = (residual.astype(np.float64) @ [0.299, 0.587, 0.114])[..., None]
+    up = _reference_bilinear(residual, *pixels.shape[:2]) * scale
+    delta = np.floor(up + 0.5).astype(np.int64)
+    maxval = 65535 if pixels.dtype == np.uint16 else 255
+    delta = delta[..., 0] if pixels.ndim == 2 else delta
+    return np.clip(pixels.astype(np.int64) + delta, 0, maxval)
+
+
+@pytest.mark.parametrize("kind", ["rgb-view", "rgb-packed", "grey", "grey16"])
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("amplitude", [0.02, 0.9])  # 8-bit tiles, and deltas beyond ±127
+def test_add_residual_matches_reference(kind: str, channels: int, amplitude: float) -> None:
+    pixels = _native_cases()[kind]
+    before = pixels.copy()
+    residual = _rng(7).normal(0, amplitude, (16, 16, channels)).astype(np.float32)
+    scale = 1.5 * (65535 if pixels.dtype == np.uint16 else 255)
+    marked = imageio.add_residual(pixels, residual, scale)
+    assert marked.shape == pixels.shape and marked.dtype == pixels.dtype
+    np.testing.assert_array_equal(pixels, before)
+    diff = np.abs(marked.astype(np.int64) - _reference_mark(pixels, residual, scale))
+    assert diff.max() <= 1 and np.mean(diff > 0) < 0.002  # float rounding at .5 ties only
+    if kind == "rgb-view" and _arrow_views():
+        assert marked.strides[1:] == (4, 1)  # ready for pil_image without a copy
+
+
+def test_add_residual_rounds_half_up_and_saturates() -> None:
+    grey = np.array([[0, 3, 10, 250, 255]], np.uint8)
+    up = np.full((4, 4, 1), 5.2 / 255, np.float32)
+    np.testing.assert_array_equal(imageio.add_residual(grey, up, 255.0), [[5, 8, 15, 255, 255]])
+    np.testing.assert_array_equal(imageio.add_residual(grey, -up, 255.0), [[0, 0, 5, 245, 250]])
+    colour = np.dstack([grey, grey[:, ::-1], grey])
+    np.testing.assert_array_equal(imageio.add_residual(colour, up, 255.0)[..., 1], [[255, 255, 15, 8, 5]])
+    half = np.full((4, 4, 1), 0.5, np.float32)  # exactly 2.5 levels at scale 5: rounds up to 3
+    np.testing.assert_array_equal(imageio.add_residual(grey, half, 5.0), [[3, 6, 13, 253, 255]])
+    with pytest.raises(ValueError):
+        imageio.add_residual(grey.astype(np.float32), up, 255.0)
+    with pytest.raises(ValueError):
+        imageio.add_residual(grey, np.full((4, 4, 1), np.nan, np.float32), 255.0)

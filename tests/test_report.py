@@ -432,3 +432,23 @@ def test_write_summary_to_gcs(gcs_bucket):
         assert handle.read().startswith(b"<!DOCTYPE html>")
     [match] = FileSystems.match([f"{prefix}/report/*"])
     assert sorted(m.path for m in match.metadata_list) == [html_path, json_path]
+
+
+def test_thumbnails_of_a_large_jpeg_are_made_reduced():
+    height, width = 2400, 3200  # larger than report.ANALYSIS_SIDE: decoded at reduced scale
+    original = _photo(height, width)
+    y, x = np.mgrid[0:height, 0:width]
+    smooth = np.rint(6 * np.sin(x / 150.0) * np.cos(y / 110.0)).astype(np.int16)[..., None]
+    marked = np.clip(original.astype(np.int16) + smooth, 0, 255).astype(np.uint8)
+
+    def jpeg(array):
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="JPEG", quality=95)
+        return buffer.getvalue()
+
+    thumb = make_thumbnails("big.jpg", jpeg(original), jpeg(marked), 128)
+    assert (thumb["width"], thumb["height"]) == (width, height)
+    assert (thumb["thumb_width"], thumb["thumb_height"]) == (128, 96)
+    assert 3 <= thumb["residual_max"] <= 12
+    residual = np.asarray(_decode_b64_png(thumb["residual"])).astype(np.float32)
+    assert residual.mean() > 20  # the smooth ±6 pattern, amplified, survives the reduction

@@ -99,6 +99,7 @@ class Trainer:
         if resume and self.manager.latest_checkpoint:
             self.checkpoint.restore(self.manager.latest_checkpoint).expect_partial()
             print(f"resumed from {self.manager.latest_checkpoint} at step {int(self.step)}", flush=True)
+        self.optimizer.learning_rate = cfg.learning_rate  # the config, not the checkpoint, sets it
         self.last_eval: dict = {}
         self.stop_requested = False
         tf.io.gfile.makedirs(paths.workdir)

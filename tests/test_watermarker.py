@@ -1,0 +1,74 @@
+"""`Watermarker` on PIL images: the native-pixel path (imageio.add_residual) against the float
+reference path, mode families, inputs left untouched, images Pillow holds in several blocks.
+Uses the bundled model; nothing here depends on how well it reads payloads back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import Watermarker, imageio
+from pipeline.watermarker import pil_to_rgb, rgb_to_pil
+
+
+@pytest.fixture(scope="module")
+def wm() -> Watermarker:
+    return Watermarker.load()
+
+
+def _photo(height: int = 96, width: int = 128) -> Image.Image:
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    rgb = np.stack([x / width, y / height, 0.5 + 0.4 * np.sin(x / 9) * np.cos(y / 7)], -1)
+    noise = np.random.default_rng(0).normal(0, 0.02, rgb.shape)
+    return Image.fromarray(np.rint(np.clip(rgb + noise, 0, 1) * 255).astype(np.uint8))
+
+
+def _as(image: Image.Image, mode: str) -> Image.Image:
+    if mode == "I;16":
+        return Image.fromarray(np.asarray(image.convert("L")).astype(np.uint16) * 257)
+    if mode == "P+trns":
+        palette = image.convert("P")
+        palette.info["transparency"] = 0
+        return palette
+    return image.convert(mode)
+
+
+@pytest.mark.parametrize("mode, expected", [("RGB", "RGB"), ("L", "L"), ("RGBA", "RGBA"), ("LA", "LA"),
+                                            ("P", "RGB"), ("P+trns", "RGBA"), ("I;16", "I;16"),
+                                            ("CMYK", "RGB"), ("1", "L")])
+def test_embed_matches_the_float_reference(wm, mode, expected):
+    image = _as(_photo(), mode)
+    marked = wm.embed(image, "abc")
+    assert marked.mode == expected and marked.size == image.size
+    rgb, alpha = pil_to_rgb(image)
+    reference = rgb_to_pil(wm.embed_rgb(rgb, "abc"), alpha, image.mode)
+    diff = np.abs(np.asarray(marked).astype(np.int64) - np.asarray(reference).astype(np.int64))
+    assert diff.max() <= 1 and np.mean(diff > 0) < 0.01  # rounding at .5 ties only
+    assert np.asarray(marked).astype(np.int64).std() > 0
+
+
+def test_embed_leaves_the_input_alone_and_extract_reads_views(wm):
+    image = _photo()
+    before = np.asarray(image).copy()
+    marked = wm.embed(image, "abc")
+    np.testing.assert_array_equal(np.asarray(image), before)
+    assert not np.array_equal(np.asarray(marked), before)
+    pixels = np.asarray(marked)
+    np.testing.assert_array_equal(wm.view(marked), imageio.working_view(pixels, wm.working_size))
+    assert wm.extract(marked, "abc").ber is not None
+    again = wm.embed(image, "abc")
+    np.testing.assert_array_equal(np.asarray(again), np.asarray(marked))  # deterministic
+
+
+def test_image_held_in_several_blocks_is_copied_once(wm, monkeypatch):
+    image = _photo()
+    expected = np.asarray(wm.embed(image, "abc"))
+    size = Image.core.get_block_size()
+    try:
+        Image.core.set_block_size(4096)  # every image below is split across blocks
+        split = _photo()
+        assert imageio.pixel_view(split) is None
+        np.testing.assert_array_equal(np.asarray(wm.embed(split, "abc")), expected)
+    finally:
+        Image.core.set_block_size(max(size, Image.core.get_block_size()))
