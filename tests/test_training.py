@@ -31,14 +31,8 @@ SAMPLES = ROOT / "pipeline" / "data" / "samples"
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 BUNDLE_STEPS = 4
-LEARN_STEPS = 60
-LEARN_PSNR = 14.0
-"""The tiny preset's own 28 -> 32 dB schedule needs about 600 steps to reach 0.69 clean bit
-accuracy on the validation photo (0.54 at 300), too slow for a unit test; with the residual
-held at 14 dB it learns in tens of steps. Measured (no attack layers) at 60 steps with seeds
-1, 2, 3: 0.679, 0.639, 0.635 (0.657, 0.610, 0.603 at 50)."""
-LEARN_MIN_ACCURACY = 0.56
-"""Chance is Binomial(8192, 1/2) / 8192 (256 samples x 32 bits, sd 0.0055): 0.56 is 11 sd."""
+TINY_PAYLOAD = "beef"
+"""16 bits: the tiny model's capacity (32 raw bits, BCH t=3)."""
 
 
 def tiny_args(workdir: Path, steps: int, *extra: str) -> list[str]:
@@ -142,28 +136,22 @@ def test_tiny_run_logs_metrics(tiny_run):
     assert (workdir / "metrics.csv").exists() and list((workdir / "ckpt").glob("ckpt-*.index"))
 
 
-def clean_accuracy(trainer: train.Trainer) -> float:
-    """Bit accuracy on the validation crops, marked at the PSNR scheduled for the trainer's
-    step, read back from the full frame with no attack (the evaluation's `acc_identity`)."""
-    task = trainer.task
-    canvas, bits = (tf.constant(x) for x in task.eval_example())
-    marked, _ = task.embed(canvas, bits, task.psnr_target(int(trainer.step)), training=False)
-    full = tf.tile(tf.constant([[0.0, 0.0, 1.0, 1.0]]), [canvas.shape[0], 1])
-    logits = task.extractor(task.view(marked, full), training=False)
-    return float(np.mean((np.asarray(logits) > 0) == (np.asarray(bits) > 0.5)))
+def test_tiny_preset_reads_payloads_back(tmp_path):
+    """The issue's acceptance path: `--preset tiny --steps 200 --out DIR` trains and exports, and
+    `python -m pipeline.run --model DIR` marks the samples and reads the payloads back. Measured
+    on this data: every sample exact, at most 1 raw bit error of the 3 that BCH corrects; the
+    assertion leaves room for one unlucky photo on other CPUs."""
+    from pipeline.run import main as run_pipeline
 
-
-def test_tiny_learns(tmp_path, monkeypatch):
-    """The tiny nets with the residual held at LEARN_PSNR and no attack layers (the preset's
-    attacks only start at step 150) learn the bits within LEARN_STEPS steps."""
-    monkeypatch.setattr(train.Trainer, "evaluate", lambda self: {})  # measured below, eagerly
-    base = get_preset("tiny")
-    cfg = tiny_config(loss=dataclasses.replace(base.loss, psnr_start=LEARN_PSNR, psnr_final=LEARN_PSNR),
-                      attacks=dataclasses.replace(base.attacks, kinds=("identity",)), eval_samples=256)
-    keras.utils.set_random_seed(cfg.seed)
-    trainer = train.Trainer(cfg, train.RunPaths(str(tmp_path), str(tmp_path / "bundle")))
-    trainer.run(LEARN_STEPS)
-    assert clean_accuracy(trainer) >= LEARN_MIN_ACCURACY
+    bundle, out = tmp_path / "bundle", tmp_path / "out"
+    assert train.main(tiny_args(tmp_path / "work", 200, "--out", str(bundle))) == 0
+    assert run_pipeline(["--model", str(bundle), "--payload", TINY_PAYLOAD, "--output", str(out)]) == 0
+    records = [json.loads(line) for path in sorted((out / "report").glob("images*.jsonl"))
+               for line in path.read_text().splitlines()]
+    assert len(records) == len(list(SAMPLES.glob("*.[jp][pn]g"))) and all(r["status"] == "ok" for r in records)
+    exact = [r["decoded"] == TINY_PAYLOAD for r in records]
+    assert sum(exact) >= len(records) - 1, [r["ber"] for r in records]
+    assert np.mean([r["ber"] for r in records]) <= 0.05
 
 
 def checkpoint_values(workdir: Path) -> dict[str, np.ndarray]:

@@ -26,6 +26,8 @@ class ModelConfig:
     """Widths of the embedder's stride-2 stages (the decoder mirrors them back up to S/2)."""
     extractor_channels: tuple[int, ...] = (32, 64, 64, 128)
     """Widths of the extractor's stride-2 conv-BN-ReLU stages."""
+    bn_momentum: float = 0.99
+    """Momentum of the extractor's batch-norm moving statistics (lower follows a short run)."""
     message_pattern: bool = True
     """Add a direct linear path message -> Dense -> coarse pattern to the residual."""
     texture_mask: float = 0.0
@@ -117,14 +119,14 @@ class TrainConfig:
 PRESETS: dict[str, TrainConfig] = {
     "tiny": TrainConfig(
         name="tiny",
-        description="CI-sized: 32px working size, 32 bits; learns in about a minute on 2 cores.",
+        description="CI-sized: 32px working size, 32 bits, a loud 14 dB mark; in 200 steps "
+                    "(under a minute on 2 cores) it reads 16-bit payloads back.",
         model=ModelConfig(working_size=32, payload_bits=32, embedder_channels=(16, 32, 32),
                           extractor_channels=(16, 32, 32, 64)),
         attacks=AttackConfig(start_step=150, ramp_steps=300,
                              kinds=("identity", "noise", "jpeg_sim", "color")),
-        loss=LossConfig(psnr_start=28.0, psnr_final=32.0, psnr_ramp_start=100, psnr_ramp_steps=200,
-                        psnr_schedule="linear"),
-        batch_size=16, learning_rate=2e-3, steps=300, eval_every=100, eval_samples=32,
+        loss=LossConfig(psnr_start=14.0, psnr_final=14.0, psnr_schedule="linear"),
+        batch_size=16, learning_rate=5e-3, steps=200, eval_every=100, eval_samples=32,
         checkpoint_every_s=60.0, max_photo_side=512,
     ),
     "default": TrainConfig(

@@ -77,7 +77,7 @@ def build_extractor(cfg: ModelConfig) -> keras.Model:
     x = layers.Rescaling(2.0, offset=-1.0, name="centre")(image)
     for i, width in enumerate(cfg.extractor_channels):
         x = layers.Conv2D(width, 3, strides=2, padding="same", use_bias=False, name=f"conv{i}")(x)
-        x = layers.BatchNormalization(name=f"bn{i}")(x)
+        x = layers.BatchNormalization(momentum=cfg.bn_momentum, name=f"bn{i}")(x)
         x = layers.ReLU(name=f"relu{i}")(x)
     x = layers.Flatten(name="flatten")(x)
     logits = layers.Dense(cfg.payload_bits, name="logits")(x)
