@@ -2,6 +2,7 @@
 
     PYTHONPATH=. .venv/bin/python benchmarks/quality.py --images DIR [--model DIR] [--key K]
         [--peers dwtDct,dwtDctSvd,rivaGan] [--attacks SPECS] [--out DIR] [--limit N] [--seed S]
+        [--reframe]
         [--docs docs/quality.md [--docs-block NAME]]
 
 For every photo in DIR (sorted by name; EXIF orientation applied, converted to 8-bit RGB):
@@ -16,6 +17,8 @@ For every photo in DIR (sorted by name; EXIF orientation applied, converted to 8
    * exact = the ECC-decoded payload equals the embedded one;
    * detected = the blind read's ``detected`` (BCH decodes and p-value <= target FPR);
    * detected (informed) = the informed read's ``detected`` (binomial p-value <= target FPR).
+   With ``--reframe``, a read that finds nothing searches for a crop of the marked frame
+   (`pipeline.reframe`; the p-value is multiplied by the number of framings tried).
 2. Peers (invisible-watermark 0.2.0, optional): the same photos with a random 32-bit payload
    each, through ``WatermarkEncoder.encode(bgr, method)``; same PNG round trip and attacks;
    ``WatermarkDecoder('bits', 32).decode``. No ECC, so exact = all 32 bits right; detected = at
@@ -232,11 +235,13 @@ def _bits_to_int(bits: np.ndarray) -> int:
 class FiligreeMethod:
     name = FILIGREE
 
-    def __init__(self, model_dir: str | None, key: bytes | None, fpr: float):
+    def __init__(self, model_dir: str | None, key: bytes | None, fpr: float, reframe: bool = False):
         from pipeline import Watermarker
+        from pipeline.reframe import SearchConfig
 
         self.wm = Watermarker.load(model_dir, key, fpr=fpr)
         self.fpr = fpr
+        self.reframe = SearchConfig() if reframe else None
         probe = Image.new("RGB", (96, 80), (128, 120, 110))
         self.wm.extract(self.wm.embed(probe, 0))  # warm-up: tracing is not timed
 
@@ -331,22 +336,22 @@ def run_filigree(method: FiligreeMethod, index: int, image: Image.Image, attacks
     }
     for j, attack in enumerate(attacks):
         attacked = attack(marked, seed=attack_seed(seed, index, j))
-        blind, extract_s = _timed(lambda: wm.extract(attacked))
-        informed = wm.extract(attacked, expected=value)
+        blind, extract_s = _timed(lambda: wm.extract(attacked, reframe=method.reframe))
+        informed = wm.extract(attacked, expected=value, reframe=method.reframe)
         record["attacks"][attack.name] = {
             "size": list(attacked.size),
             "bit_acc": 1.0 - float(informed.ber), "exact": blind.decoded == expected,
             "detected": bool(blind.detected), "p_value": blind.p_value,
             "corrected": blind.corrected, "decoded": blind.decoded,
             "detected_informed": bool(informed.detected), "p_value_informed": informed.p_value,
-            "extract_s": extract_s,
+            "framing": blind.framing or informed.framing, "extract_s": extract_s,
         }
         if attack.name == "none":
             record["extract_s"] = extract_s
             record["extract_s_per_mp"] = extract_s / megapixels
         unmarked = attack(image, seed=attack_seed(seed, index, j))
-        blind_u = wm.extract(unmarked)
-        informed_u = wm.extract(unmarked, expected=value)
+        blind_u = wm.extract(unmarked, reframe=method.reframe)
+        informed_u = wm.extract(unmarked, expected=value, reframe=method.reframe)
         record["unmarked"][attack.name] = {
             "detected": bool(blind_u.detected), "p_value": blind_u.p_value,
             "decoded": blind_u.decoded, "bit_acc": 1.0 - float(informed_u.ber),
@@ -843,6 +848,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="per-photo record cache folder (default: OUT/cache); a rerun with "
                              "the same settings reuses finished photos")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    parser.add_argument("--reframe", action="store_true",
+                        help="Filigree reads that find no mark search for a crop of the marked "
+                             "frame (pipeline/reframe.py; its p-value pays for every framing tried)")
     parser.add_argument("--shard", default=None, metavar="K/N",
                         help="only photos with index %% N == K, into the cache, no report: run "
                              "N shards in parallel, then once without --shard to write the report")
@@ -903,14 +911,14 @@ def main(argv: list[str] | None = None) -> int:
         shard = (k, n)
 
     key = resolve_key(args.key)
-    filigree = FiligreeMethod(args.model, key, args.fpr)
+    filigree = FiligreeMethod(args.model, key, args.fpr, reframe=args.reframe)
     peers, peers_note = load_peers(peer_names, tau)
     card = filigree.card()
     cache = RecordCache(
         None if args.no_cache else Path(args.cache) if args.cache else out / "cache",
         {"seed": args.seed, "attacks": [a.name for a in attacks], "fpr": args.fpr, "tau": tau,
          "model": [card["name"], card["created"], card["data_bits"], float(card["strength"])],
-         "key": _key_tag(key), "peer_unmarked": args.peer_unmarked})
+         "key": _key_tag(key), "peer_unmarked": args.peer_unmarked, "reframe": args.reframe})
     per_method: dict[str, list[dict[str, Any]]] = {FILIGREE: []}
     for peer in peers:
         per_method[peer.name] = []

@@ -489,6 +489,8 @@ class ReadResult:
     p_value: float
     ber: float | None = None
     match: bool | None = None
+    framing: dict | None = None
+    """Set when a re-framing search found the mark: the framing that read it (see reframe.py)."""
 
     @property
     def payload(self) -> str | None:
@@ -585,3 +587,23 @@ class PayloadCodec:
         p_value = binomial_tail(self.raw_bits, matches)
         return ReadResult(decoded, corrected, p_value <= fpr, p_value,
                           ber=1.0 - matches / self.raw_bits, match=value == want)
+
+    def decode_best(self, logits: np.ndarray, expected: str | int | None = None,
+                    fpr: float = 1e-6) -> tuple[int, ReadResult]:
+        """Read a batch of hypotheses about one image (logits ``[N, raw_bits]``) and keep the
+        one with the smallest p-value; that p-value is multiplied by N (Bonferroni), so
+        trying N hypotheses keeps the false-positive rate at ``fpr``. Returns (index, result);
+        a result that is not detected carries no decoded payload."""
+        logits = np.asarray(logits, dtype=np.float64)
+        if logits.ndim != 2 or len(logits) == 0:
+            raise ValueError(f"expected logits of shape (N, {self.raw_bits}), got {logits.shape}")
+        reads = [self.decode(row, expected=expected, fpr=1.0) for row in logits]
+        best = min(range(len(reads)), key=lambda i: reads[i].p_value)
+        read = reads[best]
+        p_value = min(1.0, read.p_value * len(reads))
+        detected = p_value <= fpr
+        return best, dataclasses.replace(
+            read, p_value=p_value, detected=detected,
+            decoded=read.decoded if detected else None,
+            corrected=read.corrected if detected else None,
+            match=read.match if detected or expected is None else False)

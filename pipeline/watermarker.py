@@ -16,6 +16,7 @@ same functions, with batched inference.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import numpy as np
@@ -33,6 +34,7 @@ from pipeline.imageio import (
     working_view,
 )
 from pipeline.payload import PayloadCodec, ReadResult
+from pipeline.reframe import SearchConfig, framed_views, framings
 
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I")
@@ -157,6 +159,10 @@ def rgb_to_pil(rgb: np.ndarray, alpha: np.ndarray | None, like_mode: str) -> Ima
     return out
 
 
+_SEARCH_BATCH = 128
+"""Framings read per extractor call in a re-framing search."""
+
+
 class Watermarker:
     """A loaded model bundle plus a payload codec (error correction and key)."""
 
@@ -218,11 +224,31 @@ class Watermarker:
         pixels, alpha, mode = image_pixels(image)
         return pixels_to_image(self.embed_pixels(pixels, payload), alpha, mode)
 
-    def extract(self, image: Image.Image, expected: str | int | None = None) -> ReadResult:
+    def extract(self, image: Image.Image, expected: str | int | None = None,
+                reframe: SearchConfig | None = None) -> ReadResult:
         """Read the payload: `payload` (None if unreadable), `detected`, `p_value`, and `ber`
-        against `expected` when given."""
+        against `expected` when given. With `reframe`, an image whose straight read is not
+        detected is searched for a crop of the marked frame (see `pipeline.reframe`)."""
         logits = self.logits(self.view(image)[None])[0]
-        return self.codec.decode(logits, expected=expected, fpr=self.fpr)
+        straight = self.codec.decode(logits, expected=expected, fpr=self.fpr)
+        if reframe is None or straight.detected:
+            return straight
+        return self.search(image, straight, expected, reframe)
+
+    def search(self, image: Image.Image, straight: ReadResult, expected: str | int | None,
+               config: SearchConfig) -> ReadResult:
+        """The re-framing search after a straight read that found nothing: the best framing
+        if it is detected (its p-value counts the straight read as one more hypothesis),
+        else the straight read."""
+        candidates = framings(config)
+        views = framed_views(image, candidates, self.working_size)
+        logits = np.concatenate([self.logits(views[i:i + _SEARCH_BATCH])
+                                 for i in range(0, len(views), _SEARCH_BATCH)])
+        best, read = self.codec.decode_best(logits, expected=expected, fpr=self.fpr)
+        p_value = min(1.0, read.p_value * (len(candidates) + 1) / len(candidates))
+        if p_value > self.fpr:
+            return straight
+        return dataclasses.replace(read, p_value=p_value, framing=candidates[best].to_dict())
 
     def view(self, image: Image.Image) -> np.ndarray:
         """float32 [S, S, 3]: the image at the working size, as the models see it (straight

@@ -1,0 +1,98 @@
+"""Tests for the re-framing search (pipeline/reframe.py, PayloadCodec.decode_best and
+Watermarker.extract(..., reframe=...))."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import Watermarker
+from pipeline.payload import PayloadCodec, blind_p_value
+from pipeline.reframe import Framing, SearchConfig, framed_views, framings
+from pipeline.resources import bundled_samples_dir
+
+PAYLOAD = "0123456789abc"
+SAMPLES = Path(bundled_samples_dir())
+
+
+def test_framings_start_with_the_identity_and_cover_the_grid():
+    found = framings(SearchConfig(min_scale=0.75, scale_steps=11, grid=7))
+    assert found[0] == Framing(1.0, 0.0, 0.0)
+    assert len(found) == 1 + 10 * 49
+    assert min(f.scale for f in found) == pytest.approx(0.75)
+    assert all(0 <= f.x <= 1 - f.scale + 1e-9 and 0 <= f.y <= 1 - f.scale + 1e-9 for f in found)
+    # odd grids include the centred framing of every scale
+    assert Framing(0.75, 0.125, 0.125) in found
+
+
+def test_search_config_rejects_nonsense():
+    with pytest.raises(ValueError):
+        SearchConfig(min_scale=0.1)
+    with pytest.raises(ValueError):
+        SearchConfig(grid=0)
+
+
+def test_a_true_framing_rebuilds_the_frame_view():
+    rng = np.random.default_rng(0)
+    frame = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).resize((256, 256), Image.NEAREST)
+    crop = frame.crop((32, 64, 32 + 192, 64 + 192))  # scale 0.75 at (0.125, 0.25)
+    view = framed_views(crop, [Framing(0.75, 0.125, 0.25)], 64)[0]
+    expected = np.asarray(frame.resize((64, 64), Image.BOX), np.float32) / 255
+    np.testing.assert_allclose(view[16:64, 8:56], expected[16:64, 8:56], atol=1e-5)
+    outside = view[:16].reshape(-1, 3)
+    np.testing.assert_allclose(outside, np.broadcast_to(outside[0], outside.shape))  # mean-colour fill
+
+
+def test_decode_best_picks_the_marked_hypothesis_and_pays_for_the_others():
+    codec = PayloadCodec(100)
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(50, 100))
+    logits[17] = np.where(codec.encode(PAYLOAD) > 0.5, 3.0, -3.0)
+    best, read = codec.decode_best(logits)
+    assert best == 17 and read.decoded == PAYLOAD and read.detected
+    assert read.p_value == pytest.approx(50 * blind_p_value(100, codec.data_bits, 0))
+    best, read = codec.decode_best(logits, expected=PAYLOAD)
+    assert best == 17 and read.ber == 0.0 and read.detected and read.match
+
+
+def test_decode_best_on_noise_detects_nothing():
+    codec = PayloadCodec(100)
+    rng = np.random.default_rng(2)
+    for _ in range(20):
+        _, read = codec.decode_best(rng.normal(size=(491, 100)))
+        assert not read.detected and read.decoded is None
+        _, read = codec.decode_best(rng.normal(size=(491, 100)), expected=PAYLOAD)
+        assert not read.detected and read.match is False
+
+
+@pytest.fixture(scope="module")
+def watermarker():
+    return Watermarker.load()
+
+
+def _centre_crop(image: Image.Image, area: float) -> Image.Image:
+    w, h = image.size
+    cw, ch = round(w * area ** 0.5), round(h * area ** 0.5)
+    left, top = (w - cw) // 2, (h - ch) // 2
+    return image.crop((left, top, left + cw, top + ch))
+
+
+def test_search_finds_the_mark_in_a_centre_crop(watermarker):
+    photo = Image.open(SAMPLES / "opencv_building.jpg").convert("RGB")
+    cropped = _centre_crop(watermarker.embed(photo, PAYLOAD), 0.8)
+    straight = watermarker.extract(cropped, expected=PAYLOAD)
+    searched = watermarker.extract(cropped, expected=PAYLOAD, reframe=SearchConfig())
+    assert not straight.detected and straight.framing is None
+    assert searched.detected and searched.ber < straight.ber - 0.1
+    assert searched.framing["scale"] == pytest.approx(0.8 ** 0.5, abs=0.03)
+    assert searched.framing["x"] == pytest.approx((1 - 0.8 ** 0.5) / 2, abs=0.03)
+
+
+def test_search_on_an_unmarked_photo_finds_nothing(watermarker):
+    photo = _centre_crop(Image.open(SAMPLES / "opencv_fruits.jpg").convert("RGB"), 0.8)
+    for expected in (None, PAYLOAD):
+        read = watermarker.extract(photo, expected=expected, reframe=SearchConfig())
+        assert not read.detected and read.framing is None
