@@ -17,6 +17,10 @@ import numpy as np
 from PIL import Image
 
 
+SOURCE_SCALE = 4
+"""A search works from a copy of at most SOURCE_SCALE x the working size a side."""
+
+
 @dataclass(frozen=True)
 class Framing:
     """The image covers `scale` of the marked frame's sides, its top-left corner at (x, y),
@@ -65,16 +69,22 @@ def _shrink(image: Image.Image, side: int) -> np.ndarray:
     return np.asarray(image.resize((side, side), resample), dtype=np.float32) / 255.0
 
 
+def search_source(image: Image.Image, size: int) -> Image.Image:
+    """All a search needs of an image: RGB, at most 4 x `size` pixels a side (a small copy that
+    can travel with a pipeline element instead of the full-size image)."""
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    limit = SOURCE_SCALE * size
+    if rgb.width > limit or rgb.height > limit:
+        rgb = rgb.resize((min(rgb.width, limit), min(rgb.height, limit)), Image.BOX)
+    return rgb
+
+
 def framed_views(image: Image.Image, candidates: list[Framing], size: int) -> np.ndarray:
     """float32 [N, size, size, 3]: the working view of each framing hypothesis.
 
-    The image is first reduced to at most 4 x `size` pixels a side (one full-size resize), then
-    shrunk once per distinct scale; each view pastes it with sub-pixel-free placement (rounded
-    to the nearest working pixel) into a canvas of its mean colour."""
-    rgb = image.convert("RGB")
-    limit = 4 * size
-    if max(rgb.size) > limit:
-        rgb = rgb.resize((min(rgb.width, limit), min(rgb.height, limit)), Image.BOX)
+    The image is first reduced by `search_source`, then shrunk once per distinct scale; each
+    view pastes it, placed to the nearest working pixel, into a canvas of its mean colour."""
+    rgb = search_source(image, size)
     views = np.empty((len(candidates), size, size, 3), dtype=np.float32)
     shrunk: dict[int, np.ndarray] = {}
     for i, framing in enumerate(candidates):
@@ -89,4 +99,4 @@ def framed_views(image: Image.Image, candidates: list[Framing], size: int) -> np
     return views
 
 
-__all__ = ["Framing", "SearchConfig", "framed_views", "framings"]
+__all__ = ["Framing", "SearchConfig", "framed_views", "framings", "search_source"]

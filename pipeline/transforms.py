@@ -57,6 +57,8 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 from apache_beam.metrics import Metrics
+from apache_beam.utils import shared
+from PIL import Image
 
 from pipeline import imageio
 from pipeline.attacks import parse_suite
@@ -64,7 +66,8 @@ from pipeline.bundle import ModelCard
 from pipeline.manifest import InputSpec, ManifestRow, has_scheme, is_image_name, normalize, read_manifest, relative_to
 from pipeline.options import RunConfig
 from pipeline.payload import PayloadCodec, PayloadError, ReadResult, format_payload
-from pipeline.watermarker import mark_pixels
+from pipeline.reframe import SearchConfig, search_source
+from pipeline.watermarker import Watermarker, mark_pixels
 
 NAMESPACE = "filigree"
 LOG = logging.getLogger("filigree")
@@ -125,6 +128,8 @@ class Item:
     decoded: imageio.DecodedImage | None = None
     bits: np.ndarray | None = None
     views: dict[str, np.ndarray] = field(default_factory=dict)
+    sources: dict[str, np.ndarray] = field(default_factory=dict)
+    """With --reframe: per view, a small RGB copy of its image for a re-framing search."""
 
 
 def plan_jobs(key: str, grouped: dict, cfg: RunConfig, root: str) -> Iterator[Job | dict]:
@@ -346,7 +351,8 @@ class Prepare(beam.DoFn):
         record.update(width=decoded.width, height=decoded.height, format=decoded.format,
                       notes=list(decoded.notes))
         view = imageio.working_view(decoded.pixels, self.working_size)
-        yield job.path, Item(job, record, decoded, bits, {"clean": view})
+        sources = {"clean": search_copy(decoded.pixels, self.working_size)} if cfg.reframe else {}
+        yield job.path, Item(job, record, decoded, bits, {"clean": view}, sources)
 
     def _payload_bits(self, job: Job) -> tuple[np.ndarray | None, str | None]:
         if job.payload is None:
@@ -432,22 +438,39 @@ def batch_slots(element: Any, slot_bytes: int) -> int:
     return max(1, -(-decoded.nbytes // slot_bytes))
 
 
+def _travelling_model_dir(model_dir: str | None) -> str | None:
+    """The model directory as it travels to workers: the bundled model as None, not as the
+    launching machine's path (a venv or a checkout that workers do not have), so each worker
+    finds its own installed copy."""
+    from pipeline.resources import bundled_model_dir
+    bundled = model_dir is not None and _same_dir(model_dir, bundled_model_dir())
+    return None if bundled else model_dir
+
+
+def load_worker_bundle(model_dir: str | None):
+    """Load a bundle on a worker (None: the bundled model)."""
+    from pipeline.bundle import load_bundle
+    from pipeline.resources import bundled_model_dir
+    return load_bundle(model_dir or bundled_model_dir())
+
+
+class _SharedBundle:
+    """A loaded bundle as a `Shared` object (those must be weak-referenceable)."""
+
+    def __init__(self, bundle):
+        self.bundle = bundle
+
+
 class _BundleHandler(ModelHandler):
     """Loads the bundle once per worker process (RunInference shares it across threads)."""
 
     def __init__(self, model_dir: str, batch_size: int):
         super().__init__()
-        # The bundled model travels as None, not as the launching machine's path (a venv or a
-        # checkout that workers do not have): each worker finds its own installed copy.
-        from pipeline.resources import bundled_model_dir
-        bundled = model_dir is not None and _same_dir(model_dir, bundled_model_dir())
-        self.model_dir = None if bundled else model_dir
+        self.model_dir = _travelling_model_dir(model_dir)
         self.batch_size = batch_size
 
     def load_model(self):
-        from pipeline.bundle import load_bundle
-        from pipeline.resources import bundled_model_dir
-        return load_bundle(self.model_dir or bundled_model_dir())
+        return load_worker_bundle(self.model_dir)
 
     def batch_elements_kwargs(self):
         # Batch weight in slots: an image counts as the number of slots its pixels fill, so
@@ -528,7 +551,7 @@ class MarkAndWrite(beam.DoFn):
             # Everything that can fail runs before the write, so an image either gets its file
             # and an `ok`/verification record, or an error record and no file.
             try:
-                data, record["psnr"], views = self._mark(decoded, result.inference, path)
+                data, record["psnr"], views, sources = self._mark(decoded, result.inference, path)
             except Exception as exc:  # noqa: BLE001 - this image's failure, reported in its record
                 raise _Failure("encode_failed", f"cannot mark or encode: {type(exc).__name__}: {exc}"[:500]) from None
             try:
@@ -547,10 +570,10 @@ class MarkAndWrite(beam.DoFn):
         if cfg.verify == "none":
             yield beam.pvalue.TaggedOutput("records", record)
             return
-        yield path, Item(item.job, record, None, None, views)
+        yield path, Item(item.job, record, None, None, views, sources)
 
     def _mark(self, decoded: imageio.DecodedImage, residual: np.ndarray, path: str):
-        """(encoded bytes, PSNR, read-back views). Works on the native pixels: the marked
+        """(encoded bytes, PSNR, read-back views, their search copies). Works on the native pixels: the marked
         copy is the only other full-size array, and it is dropped once encoded; the written
         bytes are decoded again (the file is what gets verified) and compared row tile by row
         tile with the source."""
@@ -560,11 +583,15 @@ class MarkAndWrite(beam.DoFn):
         del marked
         written = imageio.decode_image(data, max_pixels=max(cfg.max_pixels, decoded.width * decoded.height))
         psnr = round(float(imageio.psnr(decoded.pixels, written.pixels, data_range=decoded.maxval)), 3)
-        views = {}
+        views: dict[str, np.ndarray] = {}
+        sources: dict[str, np.ndarray] | None = {} if cfg.reframe else None
         if cfg.verify != "none":
             views["clean"] = imageio.working_view(written.pixels, self.working_size)
-            views.update(attacked_views(written.pixels, self.suite, self.working_size, seed_for(path, cfg.seed)))
-        return data, psnr, views
+            if sources is not None:
+                sources["clean"] = search_copy(written.pixels, self.working_size)
+            views.update(attacked_views(written.pixels, self.suite, self.working_size,
+                                        seed_for(path, cfg.seed), sources))
+        return data, psnr, views, sources or {}
 
 
 def seed_for(path: str, seed: int) -> int:
@@ -572,12 +599,17 @@ def seed_for(path: str, seed: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{path}".encode()).digest()[:4], "big")
 
 
-def attacked_views(pixels: np.ndarray, suite, working_size: int, seed: int) -> dict[str, np.ndarray]:
+def search_copy(pixels: np.ndarray, working_size: int) -> np.ndarray:
+    """The small RGB copy a re-framing search reads (see `pipeline.reframe.search_source`)."""
+    return np.asarray(search_source(imageio.pil_image(imageio.to_uint8(pixels)), working_size))
+
+
+def attacked_views(pixels: np.ndarray, suite, working_size: int, seed: int,
+                   sources: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Working-size views of the image (native pixels, or float RGB) after each attack of the
-    suite."""
+    suite; with `sources`, also each attacked image's search copy, added there."""
     if not suite:
         return {}
-    from PIL import Image
     if np.issubdtype(pixels.dtype, np.floating):
         image = Image.fromarray(np.rint(np.clip(pixels, 0, 1) * 255.0).astype(np.uint8), "RGB")
     else:
@@ -586,28 +618,45 @@ def attacked_views(pixels: np.ndarray, suite, working_size: int, seed: int) -> d
             image = image.convert("RGB")
     views = {}
     for attack in suite:
-        attacked = np.asarray(attack(image, seed).convert("RGB"))
-        views[attack.name] = imageio.to_working_size(attacked, working_size)
+        attacked_image = attack(image, seed).convert("RGB")
+        views[attack.name] = imageio.to_working_size(np.asarray(attacked_image), working_size)
+        if sources is not None:
+            sources[attack.name] = np.asarray(search_source(attacked_image, working_size))
     return views
 
 
 class ReadBack(beam.DoFn):
     """(path, PredictionResult(item, {view: logits})) -> the finished record."""
 
-    def __init__(self, codec: PayloadCodec, fpr: float):
+    def __init__(self, codec: PayloadCodec, fpr: float, reframe_model: str | None = None,
+                 reframe: bool = False):
         self.codec, self.fpr = codec, fpr
+        self.reframe, self.reframe_model = reframe, _travelling_model_dir(reframe_model)
         self.verified_counter = Metrics.counter(NAMESPACE, "verified")
+        self.searched_counter = Metrics.counter(NAMESPACE, "searched")
+        self._shared_bundle = shared.Shared()
 
     def setup(self):
         self.progress = Progress("read back")
+        self.watermarker = None
+        if self.reframe:
+            bundle = self._shared_bundle.acquire(lambda: _SharedBundle(load_worker_bundle(self.reframe_model)))
+            self.watermarker = Watermarker(bundle.bundle, self.codec, fpr=self.fpr)
+
+    def _read(self, item: Item, name: str, logits: np.ndarray, expected: str | None) -> ReadResult:
+        read = self.codec.decode(logits, expected=expected, fpr=self.fpr)
+        source = item.sources.get(name)
+        if self.watermarker is None or read.detected or source is None:
+            return read
+        self.searched_counter.inc()
+        return self.watermarker.search(Image.fromarray(source), read, expected, SearchConfig())
 
     def process(self, element):
         _, result = element
         item: Item = result.example
         record = dict(item.record)
         expected = record.get("payload")
-        reads = {name: self.codec.decode(logits, expected=expected, fpr=self.fpr)
-                 for name, logits in result.inference.items()}
+        reads = {name: self._read(item, name, logits, expected) for name, logits in result.inference.items()}
         clean = reads.pop("clean")
         record.update(read_fields(clean))
         record["attacks"] = {name: attack_fields(read) for name, read in reads.items()}
@@ -617,14 +666,23 @@ class ReadBack(beam.DoFn):
 
 
 def read_fields(read: ReadResult) -> dict:
-    return {"decoded": read.decoded, "detected": bool(read.detected), "p_value": _round_p(read.p_value),
-            "ber": None if read.ber is None else round(read.ber, 6), "corrected": read.corrected,
-            "match": read.match}
+    fields = {"decoded": read.decoded, "detected": bool(read.detected), "p_value": _round_p(read.p_value),
+              "ber": None if read.ber is None else round(read.ber, 6), "corrected": read.corrected,
+              "match": read.match}
+    return _with_framing(fields, read)
 
 
 def attack_fields(read: ReadResult) -> dict:
-    return {"ber": None if read.ber is None else round(read.ber, 6), "decoded": read.decoded,
-            "detected": bool(read.detected), "p_value": _round_p(read.p_value), "match": read.match}
+    fields = {"ber": None if read.ber is None else round(read.ber, 6), "decoded": read.decoded,
+              "detected": bool(read.detected), "p_value": _round_p(read.p_value), "match": read.match}
+    return _with_framing(fields, read)
+
+
+def _with_framing(fields: dict, read: ReadResult) -> dict:
+    """`fields` plus the framing a re-framing search read the mark with, when it did."""
+    if read.framing is not None:
+        fields["framing"] = read.framing
+    return fields
 
 
 def _round_p(p: float) -> float:
@@ -744,7 +802,8 @@ class Watermark(beam.PTransform):
             to_read = prepared.items
         logits, extract_dlq = to_read | "Extract" >> RunInference(extractor).with_exception_handling()
         read, read_bad = (logits
-                          | "ReadBack" >> beam.ParDo(ReadBack(self.codec, cfg.fpr)).with_exception_handling())
+                          | "ReadBack" >> beam.ParDo(ReadBack(self.codec, cfg.fpr, self.model_dir, cfg.reframe))
+                          .with_exception_handling())
         record_sets += [read, to_records(extract_dlq.failed_inferences, "extract", mode, "ExtractFailures"),
                         to_records(read_bad, "read", mode, "ReadBackFailures")]
         if mode == "embed":

@@ -96,3 +96,35 @@ def test_search_on_an_unmarked_photo_finds_nothing(watermarker):
     for expected in (None, PAYLOAD):
         read = watermarker.extract(photo, expected=expected, reframe=SearchConfig())
         assert not read.detected and read.framing is None
+
+
+def _records(out: Path) -> dict[str, dict]:
+    import json
+    lines = [json.loads(line) for path in sorted((out / "report").glob("images*.jsonl"))
+             for line in path.read_text().splitlines()]
+    return {Path(r["image"]).name: r for r in lines}
+
+
+def test_pipeline_reframe_reads_cropped_images(tmp_path):
+    """Marked samples, then the marked building and fruits centre-cropped to 80% of their area:
+    `--mode extract --reframe` finds both marks (with their framing); without it, neither."""
+    from pipeline.run import main
+
+    marked = tmp_path / "marked"
+    assert main(["--input", str(SAMPLES / "opencv_building.jpg"), "--payload", PAYLOAD,
+                 "--output", str(marked), "--verify", "none"]) == 0
+    wild = tmp_path / "wild"
+    wild.mkdir()
+    (source,) = (marked / "marked").rglob("*.jpg")
+    _centre_crop(Image.open(source), 0.8).save(wild / "building.png")
+    Image.open(SAMPLES / "opencv_fruits.jpg").save(wild / "fruits.png")  # never marked
+    manifest = tmp_path / "expected.csv"
+    manifest.write_text(f"image,payload\nbuilding.png,{PAYLOAD}\nfruits.png,{PAYLOAD}\n")
+    for reframe in (False, True):
+        out = tmp_path / f"read-{reframe}"
+        args = ["--mode", "extract", "--input", str(wild), "--assignments", str(manifest), "--output", str(out)]
+        assert main(args + (["--reframe"] if reframe else [])) == 0
+        records = _records(out)
+        assert records["building.png"]["detected"] is reframe
+        assert ("framing" in records["building.png"]) is reframe
+        assert records["fruits.png"]["detected"] is False and "framing" not in records["fruits.png"]
