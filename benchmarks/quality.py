@@ -504,10 +504,11 @@ class RecordCache:
             return None
         context = dict(self.context)
         if method != FILIGREE:
-            # A peer's record does not depend on the Filigree model or key, only on its payload,
+            # A peer's record does not depend on the Filigree model, key or search, only on its payload,
             # which is drawn after the Filigree payload (so on the model's data bits).
             context["model"] = context["model"][2]
             context.pop("key", None)
+            context.pop("reframe", None)
         ident = json.dumps({"v": CACHE_VERSION, "method": method, "index": index,
                             "photo": photo["sha256"], **context}, sort_keys=True)
         digest = hashlib.sha256(ident.encode()).hexdigest()[:24]

@@ -26,6 +26,9 @@ class ModelConfig:
     """Widths of the embedder's stride-2 stages (the decoder mirrors them back up to S/2)."""
     extractor_channels: tuple[int, ...] = (32, 64, 64, 128)
     """Widths of the extractor's stride-2 conv-BN-ReLU stages."""
+    full_size_decoder: bool = False
+    """Decode the residual up to S itself (one more stage, fed the image) instead of stopping at
+    S/2 and upsampling: four times the residual's degrees of freedom, at a higher CPU cost."""
     bn_momentum: float = 0.99
     """Momentum of the extractor's batch-norm moving statistics (lower follows a short run)."""
     message_pattern: bool = True

@@ -40,7 +40,8 @@ def build_embedder(cfg: ModelConfig) -> keras.Model:
     bits = keras.Input((bits_n,), name="bits")
     signed_bits = layers.Rescaling(2.0, offset=-1.0, name="signed_bits")(bits)
 
-    x = layers.Rescaling(2.0, offset=-1.0, name="centre")(image)
+    centred = layers.Rescaling(2.0, offset=-1.0, name="centre")(image)
+    x = centred
     skips = []
     for i, width in enumerate(widths):
         x = _conv(width, strides=2, name=f"down{i}")(x)
@@ -55,6 +56,10 @@ def build_embedder(cfg: ModelConfig) -> keras.Model:
         x = layers.UpSampling2D(2, interpolation="bilinear", name=f"up{i}")(x)
         x = layers.Concatenate(name=f"skip{i}")([x, skips.pop()])
         x = _conv(max(width // 2, 8), name=f"fuse{i}")(x)
+    if cfg.full_size_decoder:
+        x = layers.UpSampling2D(2, interpolation="bilinear", name="up_full")(x)
+        x = layers.Concatenate(name="skip_image")([x, centred])
+        x = _conv(max(widths[0] // 2, 8), name="fuse_full")(x)
     residual = layers.Conv2D(out_channels, 1, name="to_residual")(x)
 
     if cfg.message_pattern:
@@ -63,9 +68,11 @@ def build_embedder(cfg: ModelConfig) -> keras.Model:
         coarse = size // 4
         pattern = layers.Dense(coarse * coarse * out_channels, name="pattern_dense")(signed_bits)
         pattern = layers.Reshape((coarse, coarse, out_channels), name="pattern_plane")(pattern)
-        pattern = layers.UpSampling2D(2, interpolation="bilinear", name="pattern_up")(pattern)
+        scale = 4 if cfg.full_size_decoder else 2
+        pattern = layers.UpSampling2D(scale, interpolation="bilinear", name="pattern_up")(pattern)
         residual = layers.Add(name="add_pattern")([residual, pattern])
-    residual = layers.UpSampling2D(2, interpolation="bilinear", name="to_working_size")(residual)
+    if not cfg.full_size_decoder:
+        residual = layers.UpSampling2D(2, interpolation="bilinear", name="to_working_size")(residual)
     residual = layers.Activation("tanh", name="residual")(residual)
     return keras.Model({"image": image, "bits": bits}, residual, name="embedder")
 
