@@ -393,3 +393,20 @@ def test_seed_preset_trains_and_exports(tmp_path):
     assert {"psnr", "acc_clean", "acc_noise"} <= set(card["metrics"])
     extract = tf.saved_model.load(str(tmp_path / "bundle" / "extractor")).signatures["serving_default"]
     assert extract(image=tf.zeros([1, 28, 28, 3]))["logits"].shape == (1, 784)
+
+
+@pytest.mark.parametrize("full_size", [False, True])
+def test_embedder_residual_resolution(full_size):
+    """The decoder ends at S/2 and upsamples, or (full_size_decoder) adds a stage at S itself;
+    both give one S x S residual channel."""
+    from training.config import ModelConfig
+    from training.models import build_embedder
+
+    cfg = ModelConfig(working_size=32, payload_bits=16, embedder_channels=(8, 16, 16), full_size_decoder=full_size)
+    embedder = build_embedder(cfg)
+    rng = np.random.default_rng(0)
+    out = np.asarray(embedder({"image": rng.random((2, 32, 32, 3), np.float32),
+                               "bits": rng.integers(0, 2, (2, 16)).astype(np.float32)}))
+    assert out.shape == (2, 32, 32, 1)
+    names = {layer.name for layer in embedder.layers}
+    assert ("fuse_full" in names) is full_size and ("to_working_size" in names) is not full_size
