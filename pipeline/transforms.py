@@ -45,6 +45,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import math
 import os
 import threading
 import time
@@ -525,6 +526,10 @@ class ExtractorHandler(_BundleHandler):
 
 # -- marking and verification -----------------------------------------------------------------
 
+UNCHANGED_NOTE = ("unchanged: the marked image equals the input (its pixels are saturated where the "
+                  "mark would go), so it carries no mark")
+
+
 class MarkAndWrite(beam.DoFn):
     """(path, PredictionResult(item, residual)) -> marked file written; the item goes on with
     verification views (or straight to a record when --verify none)."""
@@ -551,7 +556,7 @@ class MarkAndWrite(beam.DoFn):
             # Everything that can fail runs before the write, so an image either gets its file
             # and an `ok`/verification record, or an error record and no file.
             try:
-                data, record["psnr"], views, sources = self._mark(decoded, result.inference, path)
+                data, psnr, views, sources = self._mark(decoded, result.inference, path)
             except Exception as exc:  # noqa: BLE001 - this image's failure, reported in its record
                 raise _Failure("encode_failed", f"cannot mark or encode: {type(exc).__name__}: {exc}"[:500]) from None
             try:
@@ -567,6 +572,9 @@ class MarkAndWrite(beam.DoFn):
         self.marked_counter.inc()
         self.progress.tick()
         record["output"] = target
+        record["psnr"] = psnr if math.isfinite(psnr) else None
+        if record["psnr"] is None:
+            record["notes"] = [*record.get("notes", []), UNCHANGED_NOTE]
         if cfg.verify == "none":
             yield beam.pvalue.TaggedOutput("records", record)
             return

@@ -27,6 +27,7 @@ import pytest
 from PIL import Image, ImageCms
 
 from pipeline import imageio, transforms
+from pipeline.transforms import UNCHANGED_NOTE
 from pipeline.run import main
 
 KEY = "s3cret-Key-7f3a9e2b-do-not-leak"
@@ -287,7 +288,10 @@ def test_valid_images_are_marked_in_their_format_with_alpha_and_icc(corpus_run):
         [record] = [r for r in groups[name] if r["status"] != "skipped"]
         assert record["status"] == "ok", record
         assert record["output"] == str(out / "marked" / output_name), record
-        assert record["psnr"] is not None
+        if name == "tiny_1x1.png":  # one pixel may round back to itself: then it says so
+            assert record["psnr"] is not None or UNCHANGED_NOTE in record["notes"], record
+        else:
+            assert record["psnr"] is not None, record
         with Image.open(record["output"]) as marked:
             assert marked.format == fmt, (name, marked.format)
             with Image.open(io.BytesIO(data)) as source:

@@ -135,13 +135,20 @@ PRESETS: dict[str, TrainConfig] = {
     "default": TrainConfig(
         name="default",
         description="Production recipe for CPU: 64px working size on a 128px canvas, 100 bits, "
-                    "luma residual, full attack curriculum with crops, 42.5 dB target.",
+                    "luma residual decoded at full working size, attack curriculum without crop "
+                    "training (crops are read by the re-framing search), PSNR adaptive from 35 dB "
+                    "towards 42.5 dB.",
+        model=ModelConfig(full_size_decoder=True),
+        attacks=AttackConfig(crop_probability=0.0),
+        loss=LossConfig(psnr_start=35.0),
     ),
     "gpu": TrainConfig(
         name="gpu",
         description="Bigger nets at 128px working size on a 256px canvas, for a GPU job.",
         model=ModelConfig(working_size=128, embedder_channels=(64, 128, 128),
-                          extractor_channels=(64, 128, 128, 256, 256)),
+                          extractor_channels=(64, 128, 128, 256, 256), full_size_decoder=True),
+        attacks=AttackConfig(crop_probability=0.0),
+        loss=LossConfig(psnr_start=35.0),
         batch_size=64, steps=300_000, eval_every=2000, eval_samples=256, mixed_precision=True,
     ),
     "seed": TrainConfig(
