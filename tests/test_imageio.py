@@ -12,8 +12,9 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image, ImageCms, ImageFile, ImageOps
+from PIL import Image, ImageFile, ImageOps
 
+from imagefiles import encoded as _save, srgb_icc as _srgb_icc
 from pipeline import imageio
 from pipeline.imageio import (
     ImageDecodeError,
@@ -46,16 +47,6 @@ def _gradient(height: int = H, width: int = W) -> np.ndarray:
 
 def _noise(shape: tuple[int, ...], seed: int = 0, dtype=np.uint8) -> np.ndarray:
     return _rng(seed).integers(0, np.iinfo(dtype).max + 1, shape, dtype=dtype)
-
-
-def _save(image: Image.Image, fmt: str, **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **options)
-    return buffer.getvalue()
-
-
-def _srgb_icc() -> bytes:
-    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 
 def _roundtrip(data: bytes, **options) -> tuple[imageio.DecodedImage, imageio.DecodedImage]:

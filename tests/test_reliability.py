@@ -24,8 +24,9 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image, ImageCms
+from PIL import Image
 
+from imagefiles import encoded as _save, srgb_icc as _srgb_icc
 from pipeline import imageio, transforms
 from pipeline.transforms import UNCHANGED_NOTE
 from pipeline.run import main
@@ -47,16 +48,6 @@ def _gradient(height: int, width: int, seed: int = 0) -> np.ndarray:
 
 def _rgb(height: int, width: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(_gradient(height, width, seed), "RGB")
-
-
-def _save(image: Image.Image, fmt: str, **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **options)
-    return buffer.getvalue()
-
-
-def _srgb_icc() -> bytes:
-    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
