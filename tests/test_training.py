@@ -410,3 +410,9 @@ def test_embedder_residual_resolution(full_size):
     assert out.shape == (2, 32, 32, 1)
     names = {layer.name for layer in embedder.layers}
     assert ("fuse_full" in names) is full_size and ("to_working_size" in names) is not full_size
+
+
+def test_learning_rate_drops_at_the_configured_step():
+    cfg = get_preset("tiny").replace(learning_rate=1e-3, lr_drop_step=10, lr_drop_factor=0.5)
+    assert [train.learning_rate(cfg, s) for s in (0, 9, 10, 500)] == [1e-3, 1e-3, 5e-4, 5e-4]
+    assert train.learning_rate(cfg.replace(lr_drop_step=0), 10**6) == 1e-3

@@ -76,6 +76,13 @@ def example_dataset(task, cfg: TrainConfig, start_step: int) -> tf.data.Dataset:
     return ds.batch(cfg.batch_size, drop_remainder=True).prefetch(2)
 
 
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """The learning rate of `step`: `learning_rate`, times `lr_drop_factor` from `lr_drop_step`."""
+    if cfg.lr_drop_step and step >= cfg.lr_drop_step:
+        return cfg.learning_rate * cfg.lr_drop_factor
+    return cfg.learning_rate
+
+
 class Trainer:
     """The training loop around a task: steps, logging, checkpoints, evaluation, export."""
 
@@ -99,7 +106,7 @@ class Trainer:
         if resume and self.manager.latest_checkpoint:
             self.checkpoint.restore(self.manager.latest_checkpoint).expect_partial()
             print(f"resumed from {self.manager.latest_checkpoint} at step {int(self.step)}", flush=True)
-        self.optimizer.learning_rate = cfg.learning_rate  # the config, not the checkpoint, sets it
+        self.optimizer.learning_rate = learning_rate(cfg, int(self.step))  # the config sets it, not the checkpoint
         self.last_eval: dict = {}
         self.stop_requested = False
         tf.io.gfile.makedirs(paths.workdir)
@@ -145,6 +152,8 @@ class Trainer:
               f"{self.strategy.num_replicas_in_sync} replica(s))", flush=True)
         for batch in dataset:
             step = int(self.step)
+            if step == cfg.lr_drop_step:
+                self.optimizer.learning_rate = learning_rate(cfg, step)
             metrics = self._distributed_step(batch, tf.constant(step, tf.int64))
             self.step.assign_add(1)
             self.wall_time.assign(wall_base + time.time() - session_start)
