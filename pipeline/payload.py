@@ -589,18 +589,22 @@ class PayloadCodec:
                           ber=1.0 - matches / self.raw_bits, match=value == want)
 
     def decode_best(self, logits: np.ndarray, expected: str | int | None = None,
-                    fpr: float = 1e-6) -> tuple[int, ReadResult]:
+                    fpr: float = 1e-6, tried: int | None = None) -> tuple[int, ReadResult]:
         """Read a batch of hypotheses about one image (logits ``[N, raw_bits]``) and keep the
-        one with the smallest p-value; that p-value is multiplied by N (Bonferroni), so
-        trying N hypotheses keeps the false-positive rate at ``fpr``. Returns (index, result);
-        a result that is not detected carries no decoded payload."""
+        one with the smallest p-value; that p-value is multiplied by the number of hypotheses
+        tried (Bonferroni; ``tried``, default N, counts reads made elsewhere too), so trying
+        them all keeps the false-positive rate at ``fpr``. Returns (index, result); a result
+        that is not detected carries no decoded payload."""
         logits = np.asarray(logits, dtype=np.float64)
         if logits.ndim != 2 or len(logits) == 0:
             raise ValueError(f"expected logits of shape (N, {self.raw_bits}), got {logits.shape}")
+        tried = len(logits) if tried is None else tried
+        if tried < len(logits):
+            raise ValueError(f"tried ({tried}) must count at least the {len(logits)} hypotheses given")
         reads = [self.decode(row, expected=expected, fpr=1.0) for row in logits]
         best = min(range(len(reads)), key=lambda i: reads[i].p_value)
         read = reads[best]
-        p_value = min(1.0, read.p_value * len(reads))
+        p_value = min(1.0, read.p_value * tried)
         detected = p_value <= fpr
         return best, dataclasses.replace(
             read, p_value=p_value, detected=detected,

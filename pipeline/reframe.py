@@ -86,15 +86,16 @@ def framed_views(image: Image.Image, candidates: list[Framing], size: int) -> np
     view pastes it, placed to the nearest working pixel, into a canvas of its mean colour."""
     rgb = search_source(image, size)
     views = np.empty((len(candidates), size, size, 3), dtype=np.float32)
-    shrunk: dict[int, np.ndarray] = {}
+    shrunk: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for i, framing in enumerate(candidates):
         side = max(1, min(size, round(framing.scale * size)))
         if side not in shrunk:
-            shrunk[side] = _shrink(rgb, side)
-        patch = shrunk[side]
+            patch = _shrink(rgb, side)
+            shrunk[side] = patch, patch.mean(axis=(0, 1))
+        patch, fill = shrunk[side]
         left = min(size - side, max(0, round(framing.x * size)))
         top = min(size - side, max(0, round(framing.y * size)))
-        views[i] = patch.mean(axis=(0, 1))
+        views[i] = fill
         views[i, top:top + side, left:left + side] = patch
     return views
 

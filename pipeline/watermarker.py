@@ -244,11 +244,11 @@ class Watermarker:
         views = framed_views(image, candidates, self.working_size)
         logits = np.concatenate([self.logits(views[i:i + _SEARCH_BATCH])
                                  for i in range(0, len(views), _SEARCH_BATCH)])
-        best, read = self.codec.decode_best(logits, expected=expected, fpr=self.fpr)
-        p_value = min(1.0, read.p_value * (len(candidates) + 1) / len(candidates))
-        if p_value > self.fpr:
+        best, read = self.codec.decode_best(logits, expected=expected, fpr=self.fpr,
+                                            tried=len(candidates) + 1)
+        if not read.detected:
             return straight
-        return dataclasses.replace(read, p_value=p_value, framing=candidates[best].to_dict())
+        return dataclasses.replace(read, framing=candidates[best].to_dict())
 
     def view(self, image: Image.Image) -> np.ndarray:
         """float32 [S, S, 3]: the image at the working size, as the models see it (straight

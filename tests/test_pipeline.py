@@ -14,22 +14,10 @@ from PIL import Image
 
 from pipeline.resources import bundled_samples_dir
 from pipeline.run import main
+from reports import read_records, read_summary
 
 SAMPLES = sorted(glob.glob(os.path.join(bundled_samples_dir(), "*.*")))
 PHOTOS = [p for p in SAMPLES if p.lower().endswith((".jpg", ".png"))]
-
-
-def read_records(output: str) -> list[dict]:
-    records = []
-    for path in sorted(glob.glob(os.path.join(output, "report", "images*.jsonl"))):
-        with open(path) as f:
-            records += [json.loads(line) for line in f if line.strip()]
-    return records
-
-
-def read_summary(output: str) -> dict:
-    with open(os.path.join(output, "report", "summary.json")) as f:
-        return json.load(f)
 
 
 def photo_crop(path: str, width: int, height: int) -> Image.Image:

@@ -13,6 +13,7 @@ from pipeline import Watermarker
 from pipeline.payload import PayloadCodec, blind_p_value
 from pipeline.reframe import Framing, SearchConfig, framed_views, framings
 from pipeline.resources import bundled_samples_dir
+from reports import read_records
 
 PAYLOAD = "0123456789abc"
 SAMPLES = Path(bundled_samples_dir())
@@ -56,6 +57,10 @@ def test_decode_best_picks_the_marked_hypothesis_and_pays_for_the_others():
     assert read.p_value == pytest.approx(50 * blind_p_value(100, codec.data_bits, 0))
     best, read = codec.decode_best(logits, expected=PAYLOAD)
     assert best == 17 and read.ber == 0.0 and read.detected and read.match
+    _, read = codec.decode_best(logits, tried=51)  # one more read made elsewhere
+    assert read.p_value == pytest.approx(51 * blind_p_value(100, codec.data_bits, 0))
+    with pytest.raises(ValueError):
+        codec.decode_best(logits, tried=49)
 
 
 def test_decode_best_on_noise_detects_nothing():
@@ -100,13 +105,6 @@ def test_search_on_an_unmarked_photo_finds_nothing(watermarker):
         assert not read.detected and read.framing is None
 
 
-def _records(out: Path) -> dict[str, dict]:
-    import json
-    lines = [json.loads(line) for path in sorted((out / "report").glob("images*.jsonl"))
-             for line in path.read_text().splitlines()]
-    return {Path(r["image"]).name: r for r in lines}
-
-
 def test_pipeline_reframe_reads_cropped_images(tmp_path):
     """Marked samples, then the marked building and fruits centre-cropped to 80% of their area:
     `--mode extract --reframe` finds both marks (with their framing); without it, neither."""
@@ -126,7 +124,7 @@ def test_pipeline_reframe_reads_cropped_images(tmp_path):
         out = tmp_path / f"read-{reframe}"
         args = ["--mode", "extract", "--input", str(wild), "--assignments", str(manifest), "--output", str(out)]
         assert main(args + (["--reframe"] if reframe else [])) == 0
-        records = _records(out)
+        records = {Path(r["image"]).name: r for r in read_records(out)}
         assert records["building.png"]["detected"] is reframe
         assert ("framing" in records["building.png"]) is reframe
         assert records["fruits.png"]["detected"] is False and "framing" not in records["fruits.png"]

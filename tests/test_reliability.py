@@ -14,7 +14,6 @@ import contextlib
 import glob
 import hashlib
 import io
-import json
 import logging
 import os
 import struct
@@ -27,6 +26,7 @@ import pytest
 from PIL import Image
 
 from imagefiles import encoded as _save, srgb_icc as _srgb_icc
+from reports import read_records, read_summary
 from pipeline import imageio, transforms
 from pipeline.transforms import UNCHANGED_NOTE
 from pipeline.run import main
@@ -170,19 +170,6 @@ def write_corpus(base) -> dict:
     # manifest line numbers: header is line 1, rows on lines 2, 4, 6, ... (blank lines between)
     return {"root": root, "outside": outside, "manifest": base / "assignments.csv",
             "valid": valid, "broken": broken, "rows": rows}
-
-
-def read_records(output) -> list[dict]:
-    records = []
-    for path in sorted(glob.glob(os.path.join(str(output), "report", "images*.jsonl"))):
-        with open(path, encoding="utf-8") as f:
-            records += [json.loads(line) for line in f if line.strip()]
-    return records
-
-
-def read_summary(output) -> dict:
-    with open(os.path.join(str(output), "report", "summary.json"), encoding="utf-8") as f:
-        return json.load(f)
 
 
 def tree(base) -> set[str]:

@@ -25,6 +25,7 @@ from training import attacks as attack_lib  # noqa: E402
 from training import seed as seed_lib  # noqa: E402
 from training import train  # noqa: E402
 from training.config import AttackConfig, TrainConfig, get_preset  # noqa: E402
+from reports import read_records  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "pipeline" / "data" / "samples"
@@ -146,8 +147,7 @@ def test_tiny_preset_reads_payloads_back(tmp_path):
     bundle, out = tmp_path / "bundle", tmp_path / "out"
     assert train.main(tiny_args(tmp_path / "work", 200, "--out", str(bundle))) == 0
     assert run_pipeline(["--model", str(bundle), "--payload", TINY_PAYLOAD, "--output", str(out)]) == 0
-    records = [json.loads(line) for path in sorted((out / "report").glob("images*.jsonl"))
-               for line in path.read_text().splitlines()]
+    records = read_records(out)
     assert len(records) == len(list(SAMPLES.glob("*.[jp][pn]g"))) and all(r["status"] == "ok" for r in records)
     exact = [r["decoded"] == TINY_PAYLOAD for r in records]
     assert sum(exact) >= len(records) - 1, [r["ber"] for r in records]
