@@ -782,9 +782,10 @@ def pixel_view(image: Image.Image) -> np.ndarray | None:
 
     ``RGB``/``RGBA``/``RGBX`` give uint8 ``[H, W, 4]`` (Pillow's 4-byte pixels: take
     ``[..., :3]`` for RGB), ``L`` gives uint8 ``[H, W]``. The view keeps the memory alive after
-    the image is closed. None for other modes, images held in several memory blocks, or a
-    Pillow/pyarrow without the Arrow interface: callers then copy (``np.asarray``)."""
-    if image.mode not in ("RGB", "RGBA", "RGBX", "L"):
+    the image is closed. None for other modes, images held in several memory blocks, images
+    over memory they do not own (``pil_image``'s read-only images: Pillow cannot export those
+    again), or a Pillow/pyarrow without the Arrow interface: callers then copy (``np.asarray``)."""
+    if image.mode not in ("RGB", "RGBA", "RGBX", "L") or image.readonly:
         return None
     try:
         import pyarrow

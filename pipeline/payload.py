@@ -491,6 +491,8 @@ class ReadResult:
     match: bool | None = None
     framing: dict | None = None
     """Set when a re-framing search found the mark: the framing that read it (see reframe.py)."""
+    grid: int | None = None
+    """Set for a tiled bundle: the g of the g x g tile grid whose read this is (see tiling.py)."""
 
     @property
     def payload(self) -> str | None:

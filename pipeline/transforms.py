@@ -68,6 +68,7 @@ from pipeline.manifest import InputSpec, ManifestRow, has_scheme, is_image_name,
 from pipeline.options import RunConfig
 from pipeline.payload import PayloadCodec, PayloadError, ReadResult, format_payload
 from pipeline.reframe import SearchConfig, search_source
+from pipeline.tiling import Tiling, decode_tiles, read_views, tile_views, tiled_residual
 from pipeline.watermarker import Watermarker, mark_pixels
 
 NAMESPACE = "filigree"
@@ -129,6 +130,8 @@ class Item:
     decoded: imageio.DecodedImage | None = None
     bits: np.ndarray | None = None
     views: dict[str, np.ndarray] = field(default_factory=dict)
+    """Per view name, its working-size tiles [N, S, S, 3] (see `pipeline.tiling`): the tiles of
+    the image's grid for the embedder, every tile of every grid a reader tries for the extractor."""
     sources: dict[str, np.ndarray] = field(default_factory=dict)
     """With --reframe: per view, a small RGB copy of its image for a re-framing search."""
 
@@ -322,8 +325,8 @@ def decode_with_timeout(data: bytes, max_pixels: int, timeout_s: float) -> image
 class Prepare(beam.DoFn):
     """Job -> (path, Item) ready for inference, or an error/skipped record (tag 'records')."""
 
-    def __init__(self, cfg: RunConfig, codec: PayloadCodec, working_size: int):
-        self.cfg, self.codec, self.working_size = cfg, codec, working_size
+    def __init__(self, cfg: RunConfig, codec: PayloadCodec, working_size: int, tiling: Tiling):
+        self.cfg, self.codec, self.working_size, self.tiling = cfg, codec, working_size, tiling
         self.read_counter = Metrics.counter(NAMESPACE, "read")
         self.failed_counter = Metrics.counter(NAMESPACE, "failed")
 
@@ -351,7 +354,11 @@ class Prepare(beam.DoFn):
         self.read_counter.inc()
         record.update(width=decoded.width, height=decoded.height, format=decoded.format,
                       notes=list(decoded.notes))
-        view = imageio.working_view(decoded.pixels, self.working_size)
+        if cfg.mode == "embed":
+            grid = self.tiling.grid_for(decoded.height, decoded.width)
+            view = tile_views(decoded.pixels, grid, self.working_size)
+        else:
+            view = read_views(decoded.pixels, self.tiling, self.working_size)
         sources = {"clean": search_copy(decoded.pixels, self.working_size)} if cfg.reframe else {}
         yield job.path, Item(job, record, decoded, bits, {"clean": view}, sources)
 
@@ -495,30 +502,35 @@ class _BundleHandler(ModelHandler):
 
 
 class EmbedderHandler(_BundleHandler):
-    """Items with a clean view and bits -> PredictionResult(item, residual [S, S, C])."""
+    """Items with clean tiles and bits -> PredictionResult(item, residual [g*S, g*S, C])."""
 
     def run_inference(self, batch: Sequence[Item], model, inference_args=None) -> Iterable[PredictionResult]:
-        views = np.stack([item.views["clean"] for item in batch])
-        bits = np.stack([item.bits for item in batch])
+        tiling = Tiling.from_card(model.card.raw)
+        counts = [len(item.views["clean"]) for item in batch]
+        views = np.concatenate([item.views["clean"] for item in batch])
+        bits = np.concatenate([np.repeat(item.bits[None], n, axis=0) for item, n in zip(batch, counts)])
         residuals = fixed_shape_calls(model.embed_fn, (views, bits), self.batch_size)
-        return [PredictionResult(item, residual) for item, residual in zip(batch, residuals)]
+        ends = np.cumsum(counts)
+        return [PredictionResult(item, tiled_residual(residuals[end - n:end], tiling))
+                for item, n, end in zip(batch, counts, ends)]
 
     def get_metrics_namespace(self) -> str:
         return "filigree_embedder"
 
 
 class ExtractorHandler(_BundleHandler):
-    """Items with named views -> PredictionResult(item, {view name: logits [L]})."""
+    """Items with named tile stacks -> PredictionResult(item, {view name: logits [N, L]})."""
 
     def run_inference(self, batch: Sequence[Item], model, inference_args=None) -> Iterable[PredictionResult]:
-        names = [list(item.views) for item in batch]
-        stacked = np.stack([item.views[name] for item, item_names in zip(batch, names) for name in item_names])
-        logits = fixed_shape_calls(model.extract_fn, (stacked,), self.batch_size)
-        results, at = [], 0
-        for item, item_names in zip(batch, names):
-            results.append(PredictionResult(item, dict(zip(item_names, logits[at:at + len(item_names)]))))
-            at += len(item_names)
-        return results
+        stacks = [(item, name, item.views[name]) for item in batch for name in item.views]
+        logits = fixed_shape_calls(model.extract_fn, (np.concatenate([view for _, _, view in stacks]),),
+                                   self.batch_size)
+        per_item: dict[int, dict[str, np.ndarray]] = {id(item): {} for item in batch}
+        at = 0
+        for item, name, view in stacks:
+            per_item[id(item)][name] = logits[at:at + len(view)]
+            at += len(view)
+        return [PredictionResult(item, per_item[id(item)]) for item in batch]
 
     def get_metrics_namespace(self) -> str:
         return "filigree_extractor"
@@ -536,6 +548,7 @@ class MarkAndWrite(beam.DoFn):
 
     def __init__(self, cfg: RunConfig, card: ModelCard, working_size: int):
         self.cfg, self.card, self.working_size = cfg, card, working_size
+        self.tiling = Tiling.from_card(card.raw)
         self.strength = card.default_strength if cfg.strength is None else cfg.strength
         self.marked_counter = Metrics.counter(NAMESPACE, "marked")
         self.failed_counter = Metrics.counter(NAMESPACE, "failed")
@@ -594,11 +607,11 @@ class MarkAndWrite(beam.DoFn):
         views: dict[str, np.ndarray] = {}
         sources: dict[str, np.ndarray] | None = {} if cfg.reframe else None
         if cfg.verify != "none":
-            views["clean"] = imageio.working_view(written.pixels, self.working_size)
+            views["clean"] = read_views(written.pixels, self.tiling, self.working_size)
             if sources is not None:
                 sources["clean"] = search_copy(written.pixels, self.working_size)
             views.update(attacked_views(written.pixels, self.suite, self.working_size,
-                                        seed_for(path, cfg.seed), sources))
+                                        seed_for(path, cfg.seed), sources, self.tiling))
         return data, psnr, views, sources or {}
 
 
@@ -613,9 +626,11 @@ def search_copy(pixels: np.ndarray, working_size: int) -> np.ndarray:
 
 
 def attacked_views(pixels: np.ndarray, suite, working_size: int, seed: int,
-                   sources: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """Working-size views of the image (native pixels, or float RGB) after each attack of the
-    suite; with `sources`, also each attacked image's search copy, added there."""
+                   sources: dict[str, np.ndarray] | None = None,
+                   tiling: Tiling = Tiling()) -> dict[str, np.ndarray]:
+    """Per attack of the suite, the read views (`tiling.read_views`) of the image (native
+    pixels, or float RGB) after it; with `sources`, also each attacked image's search copy,
+    added there."""
     if not suite:
         return {}
     if np.issubdtype(pixels.dtype, np.floating):
@@ -627,7 +642,7 @@ def attacked_views(pixels: np.ndarray, suite, working_size: int, seed: int,
     views = {}
     for attack in suite:
         attacked_image = attack(image, seed).convert("RGB")
-        views[attack.name] = imageio.to_working_size(np.asarray(attacked_image), working_size)
+        views[attack.name] = read_views(np.asarray(attacked_image), tiling, working_size)
         if sources is not None:
             sources[attack.name] = np.asarray(search_source(attacked_image, working_size))
     return views
@@ -637,8 +652,8 @@ class ReadBack(beam.DoFn):
     """(path, PredictionResult(item, {view: logits})) -> the finished record."""
 
     def __init__(self, codec: PayloadCodec, fpr: float, reframe_model: str | None = None,
-                 reframe: bool = False):
-        self.codec, self.fpr = codec, fpr
+                 reframe: bool = False, tiling: Tiling = Tiling()):
+        self.codec, self.fpr, self.tiling = codec, fpr, tiling
         self.reframe, self.reframe_model = reframe, _travelling_model_dir(reframe_model)
         self.verified_counter = Metrics.counter(NAMESPACE, "verified")
         self.searched_counter = Metrics.counter(NAMESPACE, "searched")
@@ -652,7 +667,7 @@ class ReadBack(beam.DoFn):
             self.watermarker = Watermarker(bundle.bundle, self.codec, fpr=self.fpr)
 
     def _read(self, item: Item, name: str, logits: np.ndarray, expected: str | None) -> ReadResult:
-        read = self.codec.decode(logits, expected=expected, fpr=self.fpr)
+        read = decode_tiles(self.codec, logits, self.tiling, expected, self.fpr)
         source = item.sources.get(name)
         if self.watermarker is None or read.detected or source is None:
             return read
@@ -687,7 +702,10 @@ def attack_fields(read: ReadResult) -> dict:
 
 
 def _with_framing(fields: dict, read: ReadResult) -> dict:
-    """`fields` plus the framing a re-framing search read the mark with, when it did."""
+    """`fields` plus, for a mark that was found, the tile grid (tiled bundles) and the framing
+    (a re-framing search) that read it."""
+    if read.grid is not None and read.detected:
+        fields["grid"] = read.grid
     if read.framing is not None:
         fields["framing"] = read.framing
     return fields
@@ -789,12 +807,13 @@ class Watermark(beam.PTransform):
 
     def expand(self, pbegin):
         cfg, size, mode = self.cfg, self.card.working_size, self.cfg.mode
+        tiling = Tiling.from_card(self.card.raw)
         listed = pbegin | "ListInputs" >> ListInputs(cfg, self.spec)
         planned = (listed["groups"]
                    | "PlanJobs" >> guarded(PlanJobs(cfg, self.spec.root), "jobs"))
         prepared = (planned.jobs
                     | "Spread" >> beam.Reshuffle()
-                    | "Decode" >> guarded(Prepare(cfg, self.codec, size), "items"))
+                    | "Decode" >> guarded(Prepare(cfg, self.codec, size, tiling), "items"))
         record_sets = [listed["records"], planned.records, prepared.records,
                        to_records(planned.bad, "plan", mode, "PlanFailures"),
                        to_records(prepared.bad, "decode", mode, "DecodeFailures")]
@@ -810,7 +829,7 @@ class Watermark(beam.PTransform):
             to_read = prepared.items
         logits, extract_dlq = to_read | "Extract" >> RunInference(extractor).with_exception_handling()
         read, read_bad = (logits
-                          | "ReadBack" >> beam.ParDo(ReadBack(self.codec, cfg.fpr, self.model_dir, cfg.reframe))
+                          | "ReadBack" >> beam.ParDo(ReadBack(self.codec, cfg.fpr, self.model_dir, cfg.reframe, tiling))
                           .with_exception_handling())
         record_sets += [read, to_records(extract_dlq.failed_inferences, "extract", mode, "ExtractFailures"),
                         to_records(read_bad, "read", mode, "ReadBackFailures")]

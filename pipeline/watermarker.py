@@ -35,6 +35,7 @@ from pipeline.imageio import (
 )
 from pipeline.payload import PayloadCodec, ReadResult
 from pipeline.reframe import SearchConfig, framed_views, framings
+from pipeline.tiling import Tiling, decode_tiles, read_views, tile_views, tiled_residual
 
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I")
@@ -172,6 +173,7 @@ class Watermarker:
         self.codec = codec
         self.strength = bundle.card.default_strength if strength is None else float(strength)
         self.fpr = fpr
+        self.tiling = Tiling.from_card(bundle.card.raw)
 
     @classmethod
     def load(cls, model_dir: str | None = None, key: bytes | str | None = None, *,
@@ -201,22 +203,29 @@ class Watermarker:
         return self.bundle.extract_fn(views)
 
     # -- one image, as arrays --------------------------------------------------------------
+    def residual(self, pixels: np.ndarray, bits: np.ndarray) -> np.ndarray:
+        """The residual [g*S, g*S, C] of an image (native pixels or float RGB) for raw bits [L]:
+        one embedder call per tile of the image's grid, laid out as the grid and amplified by
+        its gain (see `pipeline.tiling`)."""
+        height, width = pixels.shape[:2]
+        views = tile_views(pixels, self.tiling.grid_for(height, width), self.working_size)
+        return tiled_residual(self.residuals(views, np.repeat(bits[None], len(views), axis=0)), self.tiling)
+
     def embed_pixels(self, pixels: np.ndarray, payload: str | int) -> np.ndarray:
         """Marked copy of native pixels (uint8 RGB [H, W, 3], uint8/uint16 grey [H, W])."""
-        bits = self.codec.encode(payload)[None]
-        residual = self.residuals(working_view(pixels, self.working_size)[None], bits)[0]
-        return mark_pixels(pixels, residual, self.strength)
+        return mark_pixels(pixels, self.residual(pixels, self.codec.encode(payload)), self.strength)
 
     def embed_rgb(self, rgb: np.ndarray, payload: str | int) -> np.ndarray:
         """Marked float32 RGB of the same shape (float reference path)."""
-        bits = self.codec.encode(payload)[None]
-        residual = self.residuals(stack_views([rgb], self.working_size), bits)[0]
-        return apply_residual(rgb, residual, self.strength)
+        return apply_residual(rgb, self.residual(rgb, self.codec.encode(payload)), self.strength)
+
+    def read_logits(self, pixels: np.ndarray) -> np.ndarray:
+        """The extractor's logits for every tile of every grid a reader tries (`read_views`)."""
+        return self.logits(read_views(pixels, self.tiling, self.working_size))
 
     def extract_rgb(self, rgb: np.ndarray, expected: str | int | None = None) -> ReadResult:
         """Read the payload from float RGB, uint8 RGB or native grey pixels."""
-        logits = self.logits(stack_views([rgb], self.working_size))[0]
-        return self.codec.decode(logits, expected=expected, fpr=self.fpr)
+        return decode_tiles(self.codec, self.read_logits(rgb), self.tiling, expected, self.fpr)
 
     # -- one PIL image ---------------------------------------------------------------------
     def embed(self, image: Image.Image, payload: str | int) -> Image.Image:
@@ -229,8 +238,11 @@ class Watermarker:
         """Read the payload: `payload` (None if unreadable), `detected`, `p_value`, and `ber`
         against `expected` when given. With `reframe`, an image whose straight read is not
         detected is searched for a crop of the marked frame (see `pipeline.reframe`)."""
-        logits = self.logits(self.view(image)[None])[0]
-        straight = self.codec.decode(logits, expected=expected, fpr=self.fpr)
+        if self.tiling.max_grid == 1:
+            logits = self.logits(self.view(image)[None])
+        else:
+            logits = self.read_logits(image_pixels(image)[0])
+        straight = decode_tiles(self.codec, logits, self.tiling, expected, self.fpr)
         if reframe is None or straight.detected:
             return straight
         return self.search(image, straight, expected, reframe)
@@ -239,7 +251,9 @@ class Watermarker:
                config: SearchConfig) -> ReadResult:
         """The re-framing search after a straight read that found nothing: the best framing
         if it is detected (its p-value counts the straight read as one more hypothesis),
-        else the straight read."""
+        else the straight read. Untiled bundles only: a tiled bundle returns the straight read."""
+        if self.tiling.max_grid > 1:
+            return straight  # a crop moves the tile grid: the whole-frame search cannot re-align it
         candidates = framings(config)
         views = framed_views(image, candidates, self.working_size)
         logits = np.concatenate([self.logits(views[i:i + _SEARCH_BATCH])

@@ -110,3 +110,23 @@ def load_benchmark():
         return module
 
     return load
+
+
+@pytest.fixture(scope="session")
+def untiled_model(tmp_path_factory) -> str:
+    """The bundled networks served untiled: one view of the whole image, the residual amplified
+    by the gain a tiled bundle gives a one-tile image (`Tiling.gain(1)`), so the mark is as
+    readable. The re-framing search works on such bundles."""
+    import json
+    import shutil
+
+    from pipeline.resources import bundled_model_dir
+    from pipeline.tiling import Tiling
+
+    target = tmp_path_factory.mktemp("untiled") / "model"
+    shutil.copytree(bundled_model_dir(), target)
+    card = json.loads((target / "model.json").read_text())
+    card["default_strength"] *= Tiling.from_card(card).gain(1)
+    card.pop("tiling", None)
+    (target / "model.json").write_text(json.dumps(card))
+    return str(target)

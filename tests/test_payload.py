@@ -315,7 +315,8 @@ def test_decode_validates_input():
 def test_read_result_to_dict():
     result = ReadResult("00ab", 1, True, 1e-9, ber=0.1, match=True)
     assert result.to_dict() == {"decoded": "00ab", "corrected": 1, "detected": True,
-                                "p_value": 1e-9, "ber": 0.1, "match": True, "framing": None}
+                                "p_value": 1e-9, "ber": 0.1, "match": True, "framing": None,
+                                "grid": None}
     codec = PayloadCodec(100)
     logits = np.random.default_rng(0).normal(size=100)
     for read in (codec.decode(logits), codec.decode(logits, expected="0x1"),

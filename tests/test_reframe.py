@@ -74,8 +74,8 @@ def test_decode_best_on_noise_detects_nothing():
 
 
 @pytest.fixture(scope="module")
-def watermarker():
-    return Watermarker.load()
+def watermarker(untiled_model):
+    return Watermarker.load(untiled_model)
 
 
 def _centre_crop(image: Image.Image, area: float) -> Image.Image:
@@ -105,13 +105,23 @@ def test_search_on_an_unmarked_photo_finds_nothing(watermarker):
         assert not read.detected and read.framing is None
 
 
-def test_pipeline_reframe_reads_cropped_images(tmp_path):
+def test_tiled_bundles_skip_the_search():
+    """A crop moves a tiled mark's grid, which the whole-frame search cannot re-align: the
+    search returns the straight read instead of trying framings."""
+    tiled = Watermarker.load()
+    assert tiled.tiling.max_grid > 1
+    photo = _centre_crop(tiled.embed(Image.open(SAMPLES / "opencv_building.jpg").convert("RGB"), PAYLOAD), 0.8)
+    straight = tiled.extract(photo, expected=PAYLOAD)
+    assert tiled.extract(photo, expected=PAYLOAD, reframe=SearchConfig()) == straight
+
+
+def test_pipeline_reframe_reads_cropped_images(tmp_path, untiled_model):
     """Marked samples, then the marked building and fruits centre-cropped to 80% of their area:
     `--mode extract --reframe` finds both marks (with their framing); without it, neither."""
     from pipeline.run import main
 
     marked = tmp_path / "marked"
-    assert main(["--input", str(SAMPLES / "opencv_building.jpg"), "--payload", PAYLOAD,
+    assert main(["--model", untiled_model, "--input", str(SAMPLES / "opencv_building.jpg"), "--payload", PAYLOAD,
                  "--output", str(marked), "--verify", "none"]) == 0
     wild = tmp_path / "wild"
     wild.mkdir()
@@ -122,7 +132,7 @@ def test_pipeline_reframe_reads_cropped_images(tmp_path):
     manifest.write_text(f"image,payload\nbuilding.png,{PAYLOAD}\nfruits.png,{PAYLOAD}\n")
     for reframe in (False, True):
         out = tmp_path / f"read-{reframe}"
-        args = ["--mode", "extract", "--input", str(wild), "--assignments", str(manifest), "--output", str(out)]
+        args = ["--model", untiled_model, "--mode", "extract", "--input", str(wild), "--assignments", str(manifest), "--output", str(out)]
         assert main(args + (["--reframe"] if reframe else [])) == 0
         records = {Path(r["image"]).name: r for r in read_records(out)}
         assert records["building.png"]["detected"] is reframe

@@ -387,7 +387,7 @@ def test_rerun_over_the_same_output_gives_identical_results(corpus_run, monkeypa
 def test_inference_results_do_not_depend_on_how_batches_are_cut():
     """TensorFlow's CPU kernels differ in the last bits between batch sizes (1 vs 2 or 3 here);
     the handlers call the model with one fixed shape, so an image's residual and logits are the
-    same whatever batch it rides in."""
+    same whatever batch it rides in (with 1, 4 or 9 tiles an image)."""
     from pipeline.bundle import load_bundle
     from pipeline.payload import PayloadCodec
     from pipeline.resources import bundled_model_dir
@@ -398,8 +398,8 @@ def test_inference_results_do_not_depend_on_how_batches_are_cut():
     rng = np.random.default_rng(1)
     items = [transforms.Item(transforms.Job(f"/x/{i}.png", "1", None, f"{i}.png"), {},
                              bits=codec.encode(str(i + 1)),
-                             views={"clean": rng.random((size, size, 3), dtype=np.float32)})
-             for i in range(3)]
+                             views={"clean": rng.random((tiles, size, size, 3), dtype=np.float32)})
+             for i, tiles in enumerate((1, 4, 9))]
     embedder = transforms.EmbedderHandler(bundled_model_dir(), 8)
     extractor = transforms.ExtractorHandler(bundled_model_dir(), 8)
     for handler in (embedder, extractor):
@@ -408,6 +408,9 @@ def test_inference_results_do_not_depend_on_how_batches_are_cut():
         if isinstance(alone, dict):
             alone, together = alone["clean"], together["clean"]
         np.testing.assert_array_equal(alone, together)
+    residual = embedder.run_inference(items, model)[2].inference
+    assert residual.shape[:2] == (3 * size, 3 * size)
+    assert extractor.run_inference(items, model)[2].inference["clean"].shape == (9, model.card.payload_bits)
 
 
 def test_fixed_shape_calls_pad_and_trim():

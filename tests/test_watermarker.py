@@ -72,3 +72,41 @@ def test_image_held_in_several_blocks_is_copied_once(wm, monkeypatch):
         np.testing.assert_array_equal(np.asarray(wm.embed(split, "abc")), expected)
     finally:
         Image.core.set_block_size(max(size, Image.core.get_block_size()))
+
+
+def _sample(name: str) -> Image.Image:
+    from pipeline.resources import bundled_samples_dir
+    return Image.open(f"{bundled_samples_dir()}/{name}").convert("RGB")
+
+
+def test_tiled_mark_reads_back_after_resizing_with_its_grid(wm):
+    """The bundled model marks a 868 x 600 photo on its finest grid; the read finds that grid
+    at full size and at a quarter of the size (tile edges are fractions of the image)."""
+    photo = _sample("opencv_building.jpg")
+    grid = wm.tiling.grid_for(photo.height, photo.width)
+    assert grid == wm.tiling.max_grid > 1
+    marked = wm.embed(photo, "abc")
+    for image in (marked, marked.resize((photo.width // 4, photo.height // 4), Image.BOX)):
+        read = wm.extract(image, "abc")
+        assert read.detected and read.match and read.grid == grid
+
+
+def test_small_image_gets_a_coarse_grid_and_a_stronger_mark(wm):
+    """Below `min_tile` per tile the grid shrinks, and the residual grows by the grid's gain:
+    a 96 px image (one tile) still reads back, at a lower PSNR than a large photo."""
+    photo = _sample("opencv_fruits.jpg")
+    small = photo.resize((96, 90), Image.BOX)
+    assert wm.tiling.grid_for(90, 96) == 1
+    marked_small, marked_big = wm.embed(small, "abc"), wm.embed(photo, "abc")
+    assert wm.extract(marked_small, "abc").match
+    assert imageio.psnr(np.asarray(small), np.asarray(marked_small)) < \
+        imageio.psnr(np.asarray(photo), np.asarray(marked_big)) - 6
+
+
+def test_a_marked_image_can_be_marked_again(wm):
+    """`embed` returns an image over memory it does not own; reading or marking it again copies
+    instead of exporting that memory (which crashed Pillow)."""
+    marked = wm.embed(_photo(), "abc")
+    assert imageio.pixel_view(marked) is None
+    twice = wm.embed(marked, "def")
+    assert twice.size == marked.size and wm.extract(twice, "def").ber is not None

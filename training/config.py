@@ -36,6 +36,11 @@ class ModelConfig:
     texture_mask: float = 0.0
     """0 disables it; >0 scales the residual by (floor + local contrast) so that flat
     regions get less of the mark. The value is the floor (smaller = stronger masking)."""
+    tile_grid: int = 1
+    """Serving layout written to the model card: the pipeline repeats the payload over up to
+    tile_grid x tile_grid tiles of an image, one working view each (see pipeline/tiling.py)."""
+    min_tile: int = 96
+    """Smallest tile side, in image pixels, the pipeline marks with (small images get fewer tiles)."""
 
 
 @dataclass(frozen=True)
@@ -140,8 +145,9 @@ PRESETS: dict[str, TrainConfig] = {
         description="Production recipe for CPU: 64px working size on a 128px canvas, 100 bits, "
                     "luma residual decoded at full working size, attack curriculum without crop "
                     "training (crops are read by the re-framing search), PSNR adaptive from 35 dB "
-                    "towards 42.5 dB, learning rate 1e-3 then 3e-4 from step 4000.",
-        model=ModelConfig(full_size_decoder=True),
+                    "towards 42.5 dB, learning rate 1e-3 then 3e-4 from step 4000; served on up to 5 x 5 "
+                    "tiles.",
+        model=ModelConfig(full_size_decoder=True, tile_grid=5),
         attacks=AttackConfig(crop_probability=0.0),
         loss=LossConfig(psnr_start=35.0),
         lr_drop_step=4000,
@@ -150,7 +156,8 @@ PRESETS: dict[str, TrainConfig] = {
         name="gpu",
         description="Bigger nets at 128px working size on a 256px canvas, for a GPU job.",
         model=ModelConfig(working_size=128, embedder_channels=(64, 128, 128),
-                          extractor_channels=(64, 128, 128, 256, 256), full_size_decoder=True),
+                          extractor_channels=(64, 128, 128, 256, 256), full_size_decoder=True,
+                          tile_grid=3, min_tile=192),
         attacks=AttackConfig(crop_probability=0.0),
         loss=LossConfig(psnr_start=35.0),
         batch_size=64, steps=300_000, eval_every=2000, eval_samples=256, mixed_precision=True,

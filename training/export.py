@@ -68,6 +68,7 @@ def model_card(cfg, *, steps: int, wall_time_s: float, metrics: dict, data: str,
         "color_mode": cfg.model.color_mode,
         "default_strength": 1.0,
         "target_psnr": None if target_psnr is None else round(float(target_psnr), 2),
+        "tiling": {"max_grid": cfg.model.tile_grid, "min_tile": cfg.model.min_tile},
         "ecc": dataclasses.asdict(ecc),
         "training": {
             "data": data,
