@@ -171,17 +171,33 @@ def run_codec(data: bytes, out: Path, sub: str) -> Stages:
 def run_embed(wm, data: bytes, out: Path, sub: str) -> Stages:
     """`Watermarker.embed`'s own steps, timed one by one (see Watermarker.embed)."""
     from pipeline.watermarker import image_pixels, mark_pixels, pixels_to_image
-    from pipeline.imageio import working_view
     t, image = _timed_decode(data)
     with t("resize"):
         pixels, alpha, mode = image_pixels(image)
-        view = working_view(pixels, wm.working_size)
+        views = _tiles(wm, pixels)
     with t("inference"):
-        bits = wm.codec.encode(PAYLOAD)[None]
-        residual = wm.residuals(view[None], bits)[0]
+        residual = _tiled_inference(wm, views)
     with t("upsample+add"):
         marked = pixels_to_image(mark_pixels(pixels, residual, wm.strength), alpha, mode)
     return _encode_and_write(t, marked, out, sub)
+
+
+def _tiles(wm, pixels: np.ndarray) -> np.ndarray:
+    """The working views the embedder gets: one per tile of the image's grid."""
+    from pipeline.tiling import tile_views
+    return tile_views(pixels, wm.tiling.grid_for(*pixels.shape[:2]), wm.working_size)
+
+
+def _tiled_inference(wm, views: np.ndarray) -> np.ndarray:
+    """Payload coding + the embedder on every tile, laid out as the residual to upsample."""
+    from pipeline.tiling import tiled_residual
+    bits = np.repeat(wm.codec.encode(PAYLOAD)[None], len(views), axis=0)
+    return tiled_residual(wm.residuals(views, bits), wm.tiling)
+
+
+def _read_views(wm, pixels: np.ndarray) -> np.ndarray:
+    from pipeline.tiling import read_views
+    return read_views(pixels, wm.tiling, wm.working_size)
 
 
 def run_embed_api(wm, data: bytes, out: Path, sub: str) -> Stages:
@@ -201,9 +217,9 @@ def run_pipeline_step(wm, data: bytes, out: Path) -> Stages:
     with t("decode"):
         decoded = imageio.decode_image(data)
     with t("resize"):
-        view = imageio.working_view(decoded.pixels, wm.working_size)
+        views = _tiles(wm, decoded.pixels)
     with t("inference"):
-        residual = wm.residuals(view[None], wm.codec.encode(PAYLOAD)[None])[0]
+        residual = _tiled_inference(wm, views)
     with t("upsample+add"):
         marked = mark_pixels(decoded.pixels, residual, wm.strength)
     with t("encode"):
@@ -214,11 +230,13 @@ def run_pipeline_step(wm, data: bytes, out: Path) -> Stages:
     with t("verify"):
         written = imageio.decode_image(encoded)
         imageio.psnr(decoded.pixels, written.pixels, data_range=decoded.maxval)
-        imageio.working_view(written.pixels, wm.working_size)
+        _read_views(wm, written.pixels)
     return t
 
 
 def run_extract(wm, data: bytes, draft: bool = False) -> tuple[Stages, object, np.ndarray]:
+    from pipeline.tiling import decode_tiles
+    from pipeline.watermarker import image_pixels
     t = Stages()
     with t("decode"):
         image = Image.open(io.BytesIO(data))
@@ -226,10 +244,10 @@ def run_extract(wm, data: bytes, draft: bool = False) -> tuple[Stages, object, n
             image.draft("RGB", draft_size(image.size, wm.working_size))
         image.load()
     with t("resize"):
-        view = wm.view(image)
+        views = _read_views(wm, image_pixels(image)[0])
     with t("inference"):
-        logits = wm.logits(view[None])[0]
-        result = wm.codec.decode(logits, expected=PAYLOAD, fpr=wm.fpr)
+        logits = wm.logits(views)
+        result = decode_tiles(wm.codec, logits, wm.tiling, expected=PAYLOAD, fpr=wm.fpr)
     return t, result, logits
 
 
@@ -351,14 +369,13 @@ def mark_and_write(wm, data: bytes):
     from pipeline import imageio
     from pipeline.watermarker import mark_pixels
     decoded = imageio.decode_image(data)
-    view = imageio.working_view(decoded.pixels, wm.working_size)
-    residual = wm.residuals(view[None], wm.codec.encode(PAYLOAD)[None])[0]
+    residual = _tiled_inference(wm, _tiles(wm, decoded.pixels))
     marked = mark_pixels(decoded.pixels, residual, wm.strength)
     encoded = imageio.encode_image(decoded, marked)
     del marked
     written = imageio.decode_image(encoded)
     imageio.psnr(decoded.pixels, written.pixels, data_range=decoded.maxval)
-    return imageio.working_view(written.pixels, wm.working_size)
+    return _read_views(wm, written.pixels)
 
 
 def pipeline_once(data: bytes, workdir: str) -> None:
