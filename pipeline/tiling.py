@@ -7,10 +7,12 @@ for the same raw bits, and reads each tile back: the extractor's logits, average
 tiles, carry g^2 independent looks at every bit. The gain can buy accuracy or invisibility
 (`docs/quality.md` measures both).
 
-The grid of an image follows from its size when it is marked (`Tiling.grid_for`); a reader
-cannot know whether the image was resized since, so it tries every grid from 1 to `max_grid`
-and keeps the strongest read (its p-value counts every grid tried, see `PayloadCodec.decode_best`).
-Tile edges are exact fractions of the image (`tile_bounds`), so they survive any resize.
+A g x g grid's tiles are the image resized to g*S x g*S and cut into S x S squares
+(`tile_views`); the residuals go back the same way (`mosaic`, upsampled to the image's size),
+so tile edges are exact fractions of the image and survive any resize. The grid of an image
+follows from its size when it is marked (`Tiling.grid_for`); a reader cannot know whether the
+image was resized since, so it tries every grid from 1 to `max_grid` and keeps the strongest
+read (its p-value counts every grid tried, see `PayloadCodec.decode_best`).
 
 An image too small for the finest grid gets fewer tiles, and so fewer looks per bit; its
 residual is amplified by `max_grid / grid` to make up (`Tiling.gain`): small images carry a
@@ -74,28 +76,38 @@ class Tiling:
         return sum(g * g for g in self.read_grids)
 
 
-def tile_bounds(height: int, width: int, grid: int) -> list[tuple[int, int, int, int]]:
-    """(top, bottom, left, right) of each tile of a grid x grid split, row by row; on an image
-    smaller than the grid, neighbouring tiles share pixels (no tile is empty)."""
-    def edges(length: int) -> list[tuple[int, int]]:
-        cuts = [round(i * length / grid) for i in range(grid + 1)]
-        starts = [min(cuts[i], length - 1) for i in range(grid)]
-        return [(start, max(cuts[i + 1], start + 1)) for i, start in enumerate(starts)]
-    return [(top, bottom, left, right) for top, bottom in edges(height) for left, right in edges(width)]
-
-
 def tile_views(pixels: np.ndarray, grid: int, size: int) -> np.ndarray:
-    """float32 [grid^2, size, size, 3]: the working view of each tile of native pixels."""
-    height, width = pixels.shape[:2]
-    if grid == 1:
-        return working_view(pixels, size)[None]
-    return np.stack([working_view(np.ascontiguousarray(pixels[top:bottom, left:right]), size)
-                     for top, bottom, left, right in tile_bounds(height, width, grid)])
+    """float32 [grid^2, size, size, 3], row by row: the image (native pixels or float RGB)
+    resized to grid*size pixels a side and cut into its tiles' working views."""
+    return cut_tiles(working_view(pixels, grid * size), grid)
+
+
+def cut_tiles(view: np.ndarray, grid: int) -> np.ndarray:
+    """[grid^2, S, S, C] tiles of a [grid*S, grid*S, C] array, row by row (`mosaic`'s inverse)."""
+    side, _, channels = view.shape
+    size = side // grid
+    return view.reshape(grid, size, grid, size, channels).transpose(0, 2, 1, 3, 4).reshape(
+        grid * grid, size, size, channels)
+
+
+READ_SOURCE_SCALE = 2
+"""A read first shrinks a large image to READ_SOURCE_SCALE x the finest grid's side, once,
+and resizes every grid's view from that (area averaging twice differs from once by rounding)."""
 
 
 def read_views(pixels: np.ndarray, tiling: Tiling, size: int) -> np.ndarray:
     """float32 [tiling.read_views, size, size, 3]: every tile of every grid a reader tries."""
+    if tiling.max_grid == 1:
+        return working_view(pixels, size)[None]
+    side = READ_SOURCE_SCALE * tiling.max_grid * size
+    if min(pixels.shape[:2]) > side:
+        pixels = to_uint8_rgb(working_view(pixels, side))
     return np.concatenate([tile_views(pixels, grid, size) for grid in tiling.read_grids])
+
+
+def to_uint8_rgb(view: np.ndarray) -> np.ndarray:
+    """uint8 RGB of a working view (whose values are multiples of 1/255)."""
+    return np.rint(view * 255.0).astype(np.uint8)
 
 
 def grid_logits(logits: np.ndarray, tiling: Tiling) -> np.ndarray:
@@ -132,8 +144,8 @@ def tiled_residual(residuals: np.ndarray, tiling: Tiling) -> np.ndarray:
 
 
 def mosaic(residuals: np.ndarray) -> np.ndarray:
-    """[g*S, g*S, C]: the tiles' residuals [g^2, S, S, C] laid out as the grid they came from.
-    Upsampled to the image's size, each tile's residual lands on its own tile."""
+    """[g*S, g*S, C]: the tiles' residuals [g^2, S, S, C] laid out as the grid they came from
+    (`cut_tiles`' inverse). Upsampled to the image's size, each lands on its own tile."""
     count, size, _, channels = residuals.shape
     grid = int(round(count ** 0.5))
     if grid * grid != count:
@@ -142,5 +154,5 @@ def mosaic(residuals: np.ndarray) -> np.ndarray:
         grid * size, grid * size, channels)
 
 
-__all__ = ["Tiling", "decode_tiles", "grid_logits", "mosaic", "read_views", "tile_bounds", "tile_views",
+__all__ = ["Tiling", "cut_tiles", "decode_tiles", "grid_logits", "mosaic", "read_views", "tile_views",
            "tiled_residual"]

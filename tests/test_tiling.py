@@ -2,15 +2,16 @@
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from pipeline.payload import PayloadCodec
 from pipeline.tiling import (
     Tiling,
+    cut_tiles,
     decode_tiles,
     grid_logits,
     mosaic,
     read_views,
-    tile_bounds,
     tile_views,
     tiled_residual,
 )
@@ -38,22 +39,22 @@ def test_grid_keeps_tiles_at_least_min_tile(height, width, grid):
     assert Tiling(5, 96).grid_for(height, width) == grid
 
 
-@pytest.mark.parametrize("height, width, grid", [(864, 1296, 5), (7, 9, 3), (2, 3, 5), (1, 1, 4)])
-def test_tile_bounds_cover_the_image_without_empty_tiles(height, width, grid):
-    bounds = tile_bounds(height, width, grid)
-    assert len(bounds) == grid * grid
-    assert all(0 <= top < bottom <= height and 0 <= left < right <= width for top, bottom, left, right in bounds)
-    if height >= grid and width >= grid:  # a partition: every pixel in exactly one tile
-        covered = np.zeros((height, width), int)
-        for top, bottom, left, right in bounds:
-            covered[top:bottom, left:right] += 1
-        assert (covered == 1).all()
+def test_tiles_and_mosaic_are_inverse_layouts():
+    tiles = np.random.default_rng(0).random((9, 4, 4, 2)).astype(np.float32)
+    laid_out = mosaic(tiles)
+    assert laid_out.shape == (12, 12, 2)
+    np.testing.assert_array_equal(laid_out[4:8, 8:12], tiles[5])  # row 1, column 2
+    np.testing.assert_array_equal(cut_tiles(laid_out, 3), tiles)
 
 
-def test_tile_bounds_scale_with_the_image():
-    """Tile edges are fractions of the image: a resized image keeps its tiles' content."""
-    big, small = tile_bounds(800, 1200, 4), tile_bounds(200, 300, 4)
-    assert all(b == tuple(4 * v for v in s) for b, s in zip(big, small))
+def test_tile_views_follow_the_image_through_a_resize():
+    """Tile edges are fractions of the image: the tiles of a quarter-size copy show the same
+    content as the full image's tiles."""
+    y, x = np.mgrid[0:600, 0:800]
+    pixels = np.stack([x * 255 // 800, y * 255 // 600, (x // 40 + y // 40) % 2 * 255], -1).astype(np.uint8)
+    small = np.asarray(Image.fromarray(pixels).resize((200, 150), Image.BOX))
+    full, quarter = tile_views(pixels, 4, 16), tile_views(small, 4, 16)
+    assert np.abs(full - quarter).mean() < 0.02
 
 
 def test_tile_views_are_each_tiles_working_view():
@@ -64,6 +65,18 @@ def test_tile_views_are_each_tiles_working_view():
     np.testing.assert_allclose(views[3], 200 / 255, atol=1e-6)
     assert views[:3].max() == 0
     assert read_views(pixels, Tiling(3), 8).shape == (1 + 4 + 9, 8, 8, 3)
+
+
+def test_reads_of_large_images_go_through_one_reduced_copy():
+    """Above READ_SOURCE_SCALE x the finest grid's side, every grid is cut from one shrunk copy;
+    the views stay within a few grey levels of direct resizes."""
+    rng = np.random.default_rng(1)
+    pixels = np.repeat(np.repeat(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8), 10, 0), 10, 1)
+    tiling = Tiling(3)
+    views = read_views(pixels, tiling, 16)
+    direct = np.concatenate([tile_views(pixels, g, 16) for g in tiling.read_grids])
+    difference = np.abs(views - direct)  # random 10 px blocks: the worst case for resampling
+    assert difference.mean() < 2 / 255 and difference.max() <= 12 / 255
 
 
 def test_mosaic_lays_tiles_out_row_by_row():
