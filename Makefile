@@ -63,9 +63,9 @@ eval-photos:
 QUALITY_PEERS ?= dwtDct,dwtDctSvd,rivaGan
 bench-quality: bench-deps eval-photos
 	PYTHONPATH=. $(VENV)/bin/python benchmarks/quality.py --images benchmarks/photos \
-	  --peers $(QUALITY_PEERS) --retime --out out/quality --docs docs/quality.md
+	  --peers $(QUALITY_PEERS) --reframe --retime --out out/quality --docs docs/quality.md
 	PYTHONPATH=. $(VENV)/bin/python benchmarks/quality.py --images benchmarks/photos-val \
-	  --peers none --out out/quality-val --docs docs/quality.md --docs-block validation
+	  --peers none --reframe --out out/quality-val --docs docs/quality.md --docs-block validation
 
 seed-data:
 	apt-get update

@@ -359,7 +359,7 @@ class Prepare(beam.DoFn):
             view = tile_views(decoded.pixels, grid, self.working_size)
         else:
             view = read_views(decoded.pixels, self.tiling, self.working_size)
-        sources = {"clean": search_copy(decoded.pixels, self.working_size)} if cfg.reframe else {}
+        sources = {"clean": search_copy(decoded.pixels, self.working_size, self.tiling)} if cfg.reframe else {}
         yield job.path, Item(job, record, decoded, bits, {"clean": view}, sources)
 
     def _payload_bits(self, job: Job) -> tuple[np.ndarray | None, str | None]:
@@ -609,7 +609,7 @@ class MarkAndWrite(beam.DoFn):
         if cfg.verify != "none":
             views["clean"] = read_views(written.pixels, self.tiling, self.working_size)
             if sources is not None:
-                sources["clean"] = search_copy(written.pixels, self.working_size)
+                sources["clean"] = search_copy(written.pixels, self.working_size, self.tiling)
             views.update(attacked_views(written.pixels, self.suite, self.working_size,
                                         seed_for(path, cfg.seed), sources, self.tiling))
         return data, psnr, views, sources or {}
@@ -620,9 +620,9 @@ def seed_for(path: str, seed: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{path}".encode()).digest()[:4], "big")
 
 
-def search_copy(pixels: np.ndarray, working_size: int) -> np.ndarray:
+def search_copy(pixels: np.ndarray, working_size: int, tiling: Tiling = Tiling()) -> np.ndarray:
     """The small RGB copy a re-framing search reads (see `pipeline.reframe.search_source`)."""
-    return np.asarray(search_source(imageio.pil_image(imageio.to_uint8(pixels)), working_size))
+    return np.asarray(search_source(imageio.pil_image(imageio.to_uint8(pixels)), working_size, tiling))
 
 
 def attacked_views(pixels: np.ndarray, suite, working_size: int, seed: int,
@@ -644,7 +644,7 @@ def attacked_views(pixels: np.ndarray, suite, working_size: int, seed: int,
         attacked_image = attack(image, seed).convert("RGB")
         views[attack.name] = read_views(np.asarray(attacked_image), tiling, working_size)
         if sources is not None:
-            sources[attack.name] = np.asarray(search_source(attacked_image, working_size))
+            sources[attack.name] = np.asarray(search_source(attacked_image, working_size, tiling))
     return views
 
 

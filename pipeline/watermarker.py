@@ -34,8 +34,8 @@ from pipeline.imageio import (
     working_view,
 )
 from pipeline.payload import PayloadCodec, ReadResult
-from pipeline.reframe import SearchConfig, framed_views, framings
-from pipeline.tiling import Tiling, decode_tiles, read_views, tile_views, tiled_residual
+from pipeline.reframe import SearchConfig, centred_framings, framed_tile_views, framed_views, framings
+from pipeline.tiling import Tiling, decode_tiles, grid_logits, read_views, tile_views, tiled_residual
 
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I")
@@ -160,7 +160,7 @@ def rgb_to_pil(rgb: np.ndarray, alpha: np.ndarray | None, like_mode: str) -> Ima
     return out
 
 
-_SEARCH_BATCH = 128
+_SEARCH_BATCH = 256
 """Framings read per extractor call in a re-framing search."""
 
 
@@ -225,7 +225,21 @@ class Watermarker:
 
     def extract_rgb(self, rgb: np.ndarray, expected: str | int | None = None) -> ReadResult:
         """Read the payload from float RGB, uint8 RGB or native grey pixels."""
-        return decode_tiles(self.codec, self.read_logits(rgb), self.tiling, expected, self.fpr)
+        return self.read_pixels(rgb, expected)
+
+    def read_pixels(self, pixels: np.ndarray, expected: str | int | None = None) -> ReadResult:
+        """The straight read of native pixels or float RGB. A tiled bundle first reads the one
+        grid the image would be marked with at its present size (enough for an image that was
+        not resized) and reads every grid only when that finds nothing; the p-value pays for
+        every grid either way (Bonferroni), so stopping early keeps the false-positive rate."""
+        if self.tiling.max_grid > 1:
+            grid = self.tiling.grid_for(*pixels.shape[:2])
+            logits = self.logits(tile_views(pixels, grid, self.working_size)).mean(axis=0)
+            _, read = self.codec.decode_best(logits[None], expected=expected, fpr=self.fpr,
+                                             tried=len(self.tiling.read_grids))
+            if read.detected:
+                return dataclasses.replace(read, grid=grid)
+        return decode_tiles(self.codec, self.read_logits(pixels), self.tiling, expected, self.fpr)
 
     # -- one PIL image ---------------------------------------------------------------------
     def embed(self, image: Image.Image, payload: str | int) -> Image.Image:
@@ -239,10 +253,9 @@ class Watermarker:
         against `expected` when given. With `reframe`, an image whose straight read is not
         detected is searched for a crop of the marked frame (see `pipeline.reframe`)."""
         if self.tiling.max_grid == 1:
-            logits = self.logits(self.view(image)[None])
+            straight = self.codec.decode(self.logits(self.view(image)[None])[0], expected=expected, fpr=self.fpr)
         else:
-            logits = self.read_logits(image_pixels(image)[0])
-        straight = decode_tiles(self.codec, logits, self.tiling, expected, self.fpr)
+            straight = self.read_pixels(image_pixels(image)[0], expected)
         if reframe is None or straight.detected:
             return straight
         return self.search(image, straight, expected, reframe)
@@ -251,9 +264,9 @@ class Watermarker:
                config: SearchConfig) -> ReadResult:
         """The re-framing search after a straight read that found nothing: the best framing
         if it is detected (its p-value counts the straight read as one more hypothesis),
-        else the straight read. Untiled bundles only: a tiled bundle returns the straight read."""
+        else the straight read. A tiled bundle searches centred crops only (see `pipeline.reframe`)."""
         if self.tiling.max_grid > 1:
-            return straight  # a crop moves the tile grid: the whole-frame search cannot re-align it
+            return self._search_tiles(image, straight, expected, config)
         candidates = framings(config)
         views = framed_views(image, candidates, self.working_size)
         logits = np.concatenate([self.logits(views[i:i + _SEARCH_BATCH])
@@ -263,6 +276,27 @@ class Watermarker:
         if not read.detected:
             return straight
         return dataclasses.replace(read, framing=candidates[best].to_dict())
+
+    def _search_tiles(self, image: Image.Image, straight: ReadResult, expected: str | int | None,
+                      config: SearchConfig) -> ReadResult:
+        """The centred search of a tiled bundle: every grid of every centred framing is one
+        hypothesis; the straight read's grids count as tried too."""
+        candidates = centred_framings(config)
+        grids = self.tiling.read_grids
+        per_grid = []
+        step = max(1, _SEARCH_BATCH // self.tiling.read_views)
+        for start in range(0, len(candidates), step):
+            chunk = candidates[start:start + step]
+            logits = self.logits(framed_tile_views(image, chunk, self.tiling, self.working_size))
+            per_grid.extend(grid_logits(part, self.tiling) for part in np.split(logits, len(chunk)))
+        if not per_grid:
+            return straight
+        best, read = self.codec.decode_best(np.concatenate(per_grid), expected=expected, fpr=self.fpr,
+                                            tried=len(candidates) * len(grids) + len(grids))
+        if not read.detected:
+            return straight
+        return dataclasses.replace(read, framing=candidates[best // len(grids)].to_dict(),
+                                   grid=grids[best % len(grids)])
 
     def view(self, image: Image.Image) -> np.ndarray:
         """float32 [S, S, 3]: the image at the working size, as the models see it (straight

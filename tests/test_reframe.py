@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from pipeline import Watermarker
-from pipeline.payload import PayloadCodec, blind_p_value
-from pipeline.reframe import Framing, SearchConfig, framed_views, framings
+from pipeline.payload import PayloadCodec, binomial_tail, blind_p_value
+from pipeline.reframe import Framing, SearchConfig, centred_framings, framed_views, framings
 from pipeline.resources import bundled_samples_dir
 from reports import read_records
 
@@ -105,23 +105,56 @@ def test_search_on_an_unmarked_photo_finds_nothing(watermarker):
         assert not read.detected and read.framing is None
 
 
-def test_tiled_bundles_skip_the_search():
-    """A crop moves a tiled mark's grid, which the whole-frame search cannot re-align: the
-    search returns the straight read instead of trying framings."""
-    tiled = Watermarker.load()
+@pytest.fixture(scope="module")
+def tiled():
+    return Watermarker.load()
+
+
+def test_centred_framings_step_down_from_the_identity():
+    found = centred_framings(SearchConfig(min_scale=0.9, centred_step=0.025))
+    assert [round(f.scale, 3) for f in found] == [0.975, 0.95, 0.925, 0.9]
+    assert all(f.x == f.y == pytest.approx((1 - f.scale) / 2) for f in found)
+    with pytest.raises(ValueError, match="centred_step"):
+        SearchConfig(centred_step=0.5)
+
+
+def test_tiled_search_finds_the_mark_in_a_centre_crop(tiled):
+    """A crop moves a tiled mark's grid: the straight read fails; the centred search lines the
+    tiles up again, reports the framing and the grid, and pays for every hypothesis."""
     assert tiled.tiling.max_grid > 1
-    photo = _centre_crop(tiled.embed(Image.open(SAMPLES / "opencv_building.jpg").convert("RGB"), PAYLOAD), 0.8)
-    straight = tiled.extract(photo, expected=PAYLOAD)
-    assert tiled.extract(photo, expected=PAYLOAD, reframe=SearchConfig()) == straight
+    photo = Image.open(SAMPLES / "opencv_building.jpg").convert("RGB")
+    cropped = _centre_crop(tiled.embed(photo, PAYLOAD), 0.8)
+    straight = tiled.extract(cropped, expected=PAYLOAD)
+    searched = tiled.extract(cropped, expected=PAYLOAD, reframe=SearchConfig())
+    assert not straight.detected and straight.ber > 0.3
+    assert searched.detected and searched.match and searched.ber < 0.05
+    assert searched.grid == tiled.tiling.grid_for(photo.height, photo.width)
+    assert searched.framing["scale"] == pytest.approx(0.8 ** 0.5, abs=0.01)
+    hypotheses = (len(centred_framings()) + 1) * tiled.tiling.max_grid
+    matches = round((1 - searched.ber) * 100)
+    assert searched.p_value == pytest.approx(hypotheses * binomial_tail(100, matches))
+    blind = tiled.extract(cropped, reframe=SearchConfig())
+    assert blind.detected and blind.decoded == searched.decoded
 
 
-def test_pipeline_reframe_reads_cropped_images(tmp_path, untiled_model):
-    """Marked samples, then the marked building and fruits centre-cropped to 80% of their area:
-    `--mode extract --reframe` finds both marks (with their framing); without it, neither."""
+def test_tiled_search_on_an_unmarked_crop_finds_nothing(tiled):
+    photo = _centre_crop(Image.open(SAMPLES / "opencv_fruits.jpg").convert("RGB"), 0.8)
+    for expected in (None, PAYLOAD):
+        read = tiled.extract(photo, expected=expected, reframe=SearchConfig())
+        assert not read.detected and read.framing is None
+
+
+@pytest.mark.parametrize("tiled_model", [False, True], ids=["untiled", "tiled"])
+def test_pipeline_reframe_reads_cropped_images(tmp_path, untiled_model, tiled_model):
+    """A marked sample centre-cropped to 80% of its area, and an unmarked one: `--mode extract
+    --reframe` finds the mark (with its framing), and no mark in the other; without it, neither.
+    For an untiled bundle and for the bundled (tiled) one."""
+    from pipeline.resources import bundled_model_dir
     from pipeline.run import main
 
+    model = bundled_model_dir() if tiled_model else untiled_model
     marked = tmp_path / "marked"
-    assert main(["--model", untiled_model, "--input", str(SAMPLES / "opencv_building.jpg"), "--payload", PAYLOAD,
+    assert main(["--model", model, "--input", str(SAMPLES / "opencv_building.jpg"), "--payload", PAYLOAD,
                  "--output", str(marked), "--verify", "none"]) == 0
     wild = tmp_path / "wild"
     wild.mkdir()
@@ -132,7 +165,7 @@ def test_pipeline_reframe_reads_cropped_images(tmp_path, untiled_model):
     manifest.write_text(f"image,payload\nbuilding.png,{PAYLOAD}\nfruits.png,{PAYLOAD}\n")
     for reframe in (False, True):
         out = tmp_path / f"read-{reframe}"
-        args = ["--model", untiled_model, "--mode", "extract", "--input", str(wild), "--assignments", str(manifest), "--output", str(out)]
+        args = ["--model", model, "--mode", "extract", "--input", str(wild), "--assignments", str(manifest), "--output", str(out)]
         assert main(args + (["--reframe"] if reframe else [])) == 0
         records = {Path(r["image"]).name: r for r in read_records(out)}
         assert records["building.png"]["detected"] is reframe

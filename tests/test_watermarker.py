@@ -110,3 +110,15 @@ def test_a_marked_image_can_be_marked_again(wm):
     assert imageio.pixel_view(marked) is None
     twice = wm.embed(marked, "def")
     assert twice.size == marked.size and wm.extract(twice, "def").ber is not None
+
+
+def test_a_read_at_the_marked_size_stops_at_its_own_grid(wm, monkeypatch):
+    """An image read at the size it was marked with is read on its own grid only (25 views, not
+    55); its p-value still pays for every grid the reader could have tried."""
+    from pipeline.payload import binomial_tail
+    marked = wm.embed(_sample("opencv_building.jpg"), "abc")
+    monkeypatch.setattr(wm, "read_logits", lambda pixels: pytest.fail("read every grid"))
+    read = wm.extract(marked, "abc")
+    assert read.detected and read.grid == wm.tiling.max_grid
+    matches = round((1 - read.ber) * wm.codec.raw_bits)
+    assert read.p_value == pytest.approx(wm.tiling.max_grid * binomial_tail(wm.codec.raw_bits, matches))
