@@ -57,6 +57,11 @@ class ModelCard:
             raise BundleError(f"model.json color_mode {parsed.color_mode!r} is not one of {COLOR_MODES}")
         if parsed.working_size < 8 or parsed.payload_bits < 8:
             raise BundleError("model.json working_size and payload_bits must be at least 8")
+        from pipeline.tiling import Tiling
+        try:
+            Tiling.from_card(card)
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise BundleError(f"model.json has a bad tiling entry: {exc}") from None
         return parsed
 
     @property

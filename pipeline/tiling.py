@@ -16,7 +16,8 @@ read (its p-value counts every grid tried, see `PayloadCodec.decode_best`).
 
 An image too small for the finest grid gets fewer tiles, and so fewer looks per bit; its
 residual is amplified by `max_grid / grid` to make up (`Tiling.gain`): small images carry a
-stronger mark (a lower PSNR) and read back as reliably as large ones.
+stronger mark (a lower PSNR) that gives their averaged logits about the same signal-to-noise
+ratio as a large image's.
 """
 
 from __future__ import annotations

@@ -144,3 +144,16 @@ def test_unmarked_tiles_are_not_detected():
     codec, tiling, rng = PayloadCodec(100), Tiling(5), np.random.default_rng(6)
     reads = [decode_tiles(codec, rng.normal(0, 1, (tiling.read_views, 100)), tiling) for _ in range(200)]
     assert not any(read.detected for read in reads)
+
+
+@pytest.mark.parametrize("tiling", [{"max_grid": 0}, {"max_grid": "many"}, {"min_tile": -1}, ["5"]])
+def test_a_bad_tiling_entry_is_a_clear_bundle_error(tiling):
+    import json
+
+    from pipeline.bundle import BundleError, ModelCard
+    from pipeline.resources import bundled_model_dir
+    with open(f"{bundled_model_dir()}/model.json") as f:
+        card = json.load(f)
+    card["tiling"] = tiling
+    with pytest.raises(BundleError, match="tiling"):
+        ModelCard.from_dict(card)
