@@ -13,9 +13,11 @@ processes of their own), with the repeats' medians reported:
 * codec: the bare codec, decode + re-encode at the output settings (quality 95, the source's
   chroma subsampling) + write: the floor any watermarking job pays;
 * embed: Filigree's embedding as `Watermarker.embed` does it, in stages: decode, resize to the
-  working size, inference (payload coding + embedder), residual upsample + add (into the
-  output image), encode, write; `embed API` is one `Watermarker.embed` call for comparison;
-* extract: decode, resize, inference (extractor + BCH decoding);
+  working size (every tile of the image's grid), inference (payload coding + embedder on every
+  tile), residual upsample + add (into the output image), encode, write; `embed API` is one
+  `Watermarker.embed` call for comparison;
+* extract: decode, resize, inference (extractor + BCH decoding), as `Watermarker.extract` reads:
+  the image's own grid first, every grid only when that finds nothing;
 * extract (draft): the same on a JPEG decoded at reduced scale (libjpeg's DCT scaling), with
   its agreement with the full decode's bits;
 * pipeline step: the pipeline's per-image work without Beam (decode into a DecodedImage, view,
@@ -235,6 +237,7 @@ def run_pipeline_step(wm, data: bytes, out: Path) -> Stages:
 
 
 def run_extract(wm, data: bytes, draft: bool = False) -> tuple[Stages, object, np.ndarray]:
+    """(stages, the read, the mean logits of the image's own grid)."""
     from pipeline.tiling import decode_tiles
     from pipeline.watermarker import image_pixels
     t = Stages()
@@ -243,11 +246,19 @@ def run_extract(wm, data: bytes, draft: bool = False) -> tuple[Stages, object, n
         if draft:
             image.draft("RGB", draft_size(image.size, wm.working_size))
         image.load()
+    # As Watermarker.read_pixels: the image's own grid first, every grid only if that fails.
     with t("resize"):
-        views = _read_views(wm, image_pixels(image)[0])
+        pixels = image_pixels(image)[0]
+        views = _tiles(wm, pixels)
     with t("inference"):
-        logits = wm.logits(views)
-        result = decode_tiles(wm.codec, logits, wm.tiling, expected=PAYLOAD, fpr=wm.fpr)
+        logits = wm.logits(views).mean(axis=0)
+        _, result = wm.codec.decode_best(logits[None], expected=PAYLOAD, fpr=wm.fpr,
+                                         tried=len(wm.tiling.read_grids))
+    if not result.detected:
+        with t("resize"):
+            views = _read_views(wm, pixels)
+        with t("inference"):
+            result = decode_tiles(wm.codec, wm.logits(views), wm.tiling, expected=PAYLOAD, fpr=wm.fpr)
     return t, result, logits
 
 
