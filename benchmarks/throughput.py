@@ -16,8 +16,10 @@ processes of their own), with the repeats' medians reported:
   working size (every tile of the image's grid), inference (payload coding + embedder on every
   tile), residual upsample + add (into the output image), encode, write; `embed API` is one
   `Watermarker.embed` call for comparison;
-* extract: decode, resize, inference (extractor + BCH decoding), as `Watermarker.extract` reads:
-  the image's own grid first, every grid only when that finds nothing;
+* extract: decode, resize, inference (extractor + BCH decoding) of the marked photo (saved at
+  the output settings), as `Watermarker.extract` reads: the image's own grid first, every grid
+  only when that finds nothing; `extract_unmarked` (per-stage table) reads the unmarked photo,
+  which takes every grid;
 * extract (draft): the same on a JPEG decoded at reduced scale (libjpeg's DCT scaling), with
   its agreement with the full decode's bits;
 * pipeline step: the pipeline's per-image work without Beam (decode into a DecodedImage, view,
@@ -475,12 +477,17 @@ def measure_size(wm, workdir: Path, megapixels: float, repeats: int) -> dict:
         width, height = image.size
     sub = _subsampling(data)
     out = workdir / f"out_{os.getpid()}.jpg"
+    marked_path = workdir / f"marked_{os.getpid()}.jpg"
+    run_embed(wm, data, marked_path, sub)
+    marked = marked_path.read_bytes()
+    marked_path.unlink()
     paths = {
         "codec": lambda: run_codec(data, out, sub),
         "embed": lambda: run_embed(wm, data, out, sub),
         "embed_api": lambda: run_embed_api(wm, data, out, sub),
-        "extract": lambda: run_extract(wm, data)[0],
-        "extract_draft": lambda: run_extract(wm, data, draft=True)[0],
+        "extract": lambda: run_extract(wm, marked)[0],
+        "extract_draft": lambda: run_extract(wm, marked, draft=True)[0],
+        "extract_unmarked": lambda: run_extract(wm, data)[0],
         "pipeline_step": lambda: run_pipeline_step(wm, data, out),
     }
     for fn in paths.values():  # warm-up, not counted
@@ -580,7 +587,8 @@ def print_stages(results: list[dict]) -> None:
     print("| photo | path | " + " | ".join(stages) + " | total |")
     print("|" + "---|" * (len(stages) + 3))
     for r in results:
-        for path in ("codec", "embed", "extract", "extract_draft", "embed_api", "pipeline_step"):
+        for path in ("codec", "embed", "extract", "extract_draft", "extract_unmarked", "embed_api",
+                     "pipeline_step"):
             s = r["paths"][path]
             cells = []
             for stage in stages:
