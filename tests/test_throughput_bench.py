@@ -22,7 +22,8 @@ def test_smoke_main_prints_the_side_by_side_table(throughput, tmp_path, capsys):
     assert "### Side by side" in text and "embed/codec" in text and "### Per stage" in text
     assert "upsample+add" in text and "### Targets" in text
     result = json.loads(out.read_text())["results"][0]
-    assert set(result["paths"]) == {"codec", "embed", "embed_api", "extract", "extract_draft", "pipeline_step"}
+    assert set(result["paths"]) == {"codec", "embed", "embed_api", "extract", "extract_draft",
+                                    "extract_unmarked", "pipeline_step"}
     stages = result["paths"]["embed"]["wall"]
     assert list(stages) == ["decode", "resize", "inference", "upsample+add", "encode", "write"]
     assert result["width"] * result["height"] == pytest.approx(50_000, rel=0.02)
