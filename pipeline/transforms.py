@@ -68,7 +68,7 @@ from pipeline.manifest import InputSpec, ManifestRow, has_scheme, is_image_name,
 from pipeline.options import RunConfig
 from pipeline.payload import PayloadCodec, PayloadError, ReadResult, format_payload
 from pipeline.reframe import SearchConfig, search_source
-from pipeline.tiling import Tiling, decode_tiles, read_views, tile_views, tiled_residual
+from pipeline.tiling import Tiling, decode_grid, decode_tiles, read_views, tile_views, tiled_residual
 from pipeline.watermarker import Watermarker, mark_pixels
 
 NAMESPACE = "filigree"
@@ -134,6 +134,9 @@ class Item:
     the image's grid for the embedder, every tile of every grid a reader tries for the extractor."""
     sources: dict[str, np.ndarray] = field(default_factory=dict)
     """With --reframe: per view, a small RGB copy of its image for a re-framing search."""
+    grid: int | None = None
+    """Verification of a marked image: the grid it was marked with, the only one its views
+    hold (see `pipeline.tiling.decode_grid`); None: every grid a reader tries."""
 
 
 def plan_jobs(key: str, grouped: dict, cfg: RunConfig, root: str) -> Iterator[Job | dict]:
@@ -428,6 +431,10 @@ def fixed_shape_calls(fn, arrays: tuple[np.ndarray, ...], rows: int) -> np.ndarr
     return np.concatenate(outputs) if len(outputs) > 1 else outputs[0]
 
 
+INFERENCE_ROWS = 32
+"""Working views per model call: every call has this shape (see `fixed_shape_calls`), whatever
+the batch's images and tile counts."""
+
 MAX_BATCH_BYTES = 256 << 20
 """Decoded pixel bytes that one inference batch may carry (embedding batches carry whole
 images to the marking step; read-back batches carry only working-size views)."""
@@ -509,7 +516,7 @@ class EmbedderHandler(_BundleHandler):
         counts = [len(item.views["clean"]) for item in batch]
         views = np.concatenate([item.views["clean"] for item in batch])
         bits = np.concatenate([np.repeat(item.bits[None], n, axis=0) for item, n in zip(batch, counts)])
-        residuals = fixed_shape_calls(model.embed_fn, (views, bits), self.batch_size)
+        residuals = fixed_shape_calls(model.embed_fn, (views, bits), INFERENCE_ROWS)
         ends = np.cumsum(counts)
         return [PredictionResult(item, tiled_residual(residuals[end - n:end], tiling))
                 for item, n, end in zip(batch, counts, ends)]
@@ -524,7 +531,7 @@ class ExtractorHandler(_BundleHandler):
     def run_inference(self, batch: Sequence[Item], model, inference_args=None) -> Iterable[PredictionResult]:
         stacks = [(item, name, item.views[name]) for item in batch for name in item.views]
         logits = fixed_shape_calls(model.extract_fn, (np.concatenate([view for _, _, view in stacks]),),
-                                   self.batch_size)
+                                   INFERENCE_ROWS)
         per_item: dict[int, dict[str, np.ndarray]] = {id(item): {} for item in batch}
         at = 0
         for item, name, view in stacks:
@@ -569,7 +576,8 @@ class MarkAndWrite(beam.DoFn):
             # Everything that can fail runs before the write, so an image either gets its file
             # and an `ok`/verification record, or an error record and no file.
             try:
-                data, psnr, views, sources = self._mark(decoded, result.inference, path)
+                grid = self.tiling.grid_for(decoded.height, decoded.width)
+                data, psnr, views, sources = self._mark(decoded, result.inference, path, grid)
             except Exception as exc:  # noqa: BLE001 - this image's failure, reported in its record
                 raise _Failure("encode_failed", f"cannot mark or encode: {type(exc).__name__}: {exc}"[:500]) from None
             try:
@@ -591,9 +599,9 @@ class MarkAndWrite(beam.DoFn):
         if cfg.verify == "none":
             yield beam.pvalue.TaggedOutput("records", record)
             return
-        yield path, Item(item.job, record, None, None, views, sources)
+        yield path, Item(item.job, record, None, None, views, sources, grid=grid)
 
-    def _mark(self, decoded: imageio.DecodedImage, residual: np.ndarray, path: str):
+    def _mark(self, decoded: imageio.DecodedImage, residual: np.ndarray, path: str, grid: int):
         """(encoded bytes, PSNR, read-back views, their search copies). Works on the native pixels: the marked
         copy is the only other full-size array, and it is dropped once encoded; the written
         bytes are decoded again (the file is what gets verified) and compared row tile by row
@@ -607,11 +615,11 @@ class MarkAndWrite(beam.DoFn):
         views: dict[str, np.ndarray] = {}
         sources: dict[str, np.ndarray] | None = {} if cfg.reframe else None
         if cfg.verify != "none":
-            views["clean"] = read_views(written.pixels, self.tiling, self.working_size)
+            views["clean"] = tile_views(written.pixels, grid, self.working_size)
             if sources is not None:
                 sources["clean"] = search_copy(written.pixels, self.working_size, self.tiling)
             views.update(attacked_views(written.pixels, self.suite, self.working_size,
-                                        seed_for(path, cfg.seed), sources, self.tiling))
+                                        seed_for(path, cfg.seed), sources, self.tiling, grid))
         return data, psnr, views, sources or {}
 
 
@@ -627,10 +635,10 @@ def search_copy(pixels: np.ndarray, working_size: int, tiling: Tiling = Tiling()
 
 def attacked_views(pixels: np.ndarray, suite, working_size: int, seed: int,
                    sources: dict[str, np.ndarray] | None = None,
-                   tiling: Tiling = Tiling()) -> dict[str, np.ndarray]:
-    """Per attack of the suite, the read views (`tiling.read_views`) of the image (native
-    pixels, or float RGB) after it; with `sources`, also each attacked image's search copy,
-    added there."""
+                   tiling: Tiling = Tiling(), grid: int | None = None) -> dict[str, np.ndarray]:
+    """Per attack of the suite, the views of the image (native pixels, or float RGB) after it:
+    the tiles of `grid`, or every read view (`tiling.read_views`) when None; with `sources`,
+    also each attacked image's search copy, added there."""
     if not suite:
         return {}
     if np.issubdtype(pixels.dtype, np.floating):
@@ -642,7 +650,9 @@ def attacked_views(pixels: np.ndarray, suite, working_size: int, seed: int,
     views = {}
     for attack in suite:
         attacked_image = attack(image, seed).convert("RGB")
-        views[attack.name] = read_views(np.asarray(attacked_image), tiling, working_size)
+        attacked = np.asarray(attacked_image)
+        views[attack.name] = (read_views(attacked, tiling, working_size) if grid is None
+                              else tile_views(attacked, grid, working_size))
         if sources is not None:
             sources[attack.name] = np.asarray(search_source(attacked_image, working_size, tiling))
     return views
@@ -667,7 +677,10 @@ class ReadBack(beam.DoFn):
             self.watermarker = Watermarker(bundle.bundle, self.codec, fpr=self.fpr)
 
     def _read(self, item: Item, name: str, logits: np.ndarray, expected: str | None) -> ReadResult:
-        read = decode_tiles(self.codec, logits, self.tiling, expected, self.fpr)
+        if item.grid is None:
+            read = decode_tiles(self.codec, logits, self.tiling, expected, self.fpr)
+        else:
+            read = decode_grid(self.codec, logits, item.grid, self.tiling, expected, self.fpr)
         source = item.sources.get(name)
         if self.watermarker is None or read.detected or source is None:
             return read

@@ -35,7 +35,8 @@ from pipeline.imageio import (
 )
 from pipeline.payload import PayloadCodec, ReadResult
 from pipeline.reframe import SearchConfig, centred_framings, framed_tile_views, framed_views, framings
-from pipeline.tiling import Tiling, decode_tiles, grid_logits, read_views, tile_views, tiled_residual
+from pipeline.tiling import (Tiling, decode_grid, decode_tiles, grid_logits, read_views, tile_views,
+                             tiled_residual)
 
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I")
@@ -234,11 +235,10 @@ class Watermarker:
         every grid either way (Bonferroni), so stopping early keeps the false-positive rate."""
         if self.tiling.max_grid > 1:
             grid = self.tiling.grid_for(*pixels.shape[:2])
-            logits = self.logits(tile_views(pixels, grid, self.working_size)).mean(axis=0)
-            _, read = self.codec.decode_best(logits[None], expected=expected, fpr=self.fpr,
-                                             tried=len(self.tiling.read_grids))
+            logits = self.logits(tile_views(pixels, grid, self.working_size))
+            read = decode_grid(self.codec, logits, grid, self.tiling, expected, self.fpr)
             if read.detected:
-                return dataclasses.replace(read, grid=grid)
+                return read
         return decode_tiles(self.codec, self.read_logits(pixels), self.tiling, expected, self.fpr)
 
     # -- one PIL image ---------------------------------------------------------------------

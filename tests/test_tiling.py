@@ -8,6 +8,7 @@ from pipeline.payload import PayloadCodec
 from pipeline.tiling import (
     Tiling,
     cut_tiles,
+    decode_grid,
     decode_tiles,
     grid_logits,
     mosaic,
@@ -157,3 +158,14 @@ def test_a_bad_tiling_entry_is_a_clear_bundle_error(tiling):
     card["tiling"] = tiling
     with pytest.raises(BundleError, match="tiling"):
         ModelCard.from_dict(card)
+
+
+def test_a_known_grid_reads_like_the_blind_reader_that_picks_it():
+    """`decode_grid` reads one grid's tiles; its p-value pays for every grid, like
+    `decode_tiles` when that grid wins."""
+    codec, tiling, rng = PayloadCodec(100), Tiling(4), np.random.default_rng(7)
+    logits = _tile_logits(codec, "beef", tiling, 3, rng, noise=3.0)
+    blind = decode_tiles(codec, logits, tiling, expected="beef")
+    known = decode_grid(codec, logits[1 + 4:1 + 4 + 9], 3, tiling, expected="beef")
+    assert blind.grid == known.grid == 3 and known.detected
+    assert known.p_value == pytest.approx(blind.p_value) and known.ber == blind.ber
