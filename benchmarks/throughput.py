@@ -234,7 +234,7 @@ def run_pipeline_step(wm, data: bytes, out: Path) -> Stages:
     with t("verify"):
         written = imageio.decode_image(encoded)
         imageio.psnr(decoded.pixels, written.pixels, data_range=decoded.maxval)
-        _read_views(wm, written.pixels)
+        _tiles(wm, written.pixels)  # the grid it was marked with, as MarkAndWrite
     return t
 
 
@@ -388,7 +388,7 @@ def mark_and_write(wm, data: bytes):
     del marked
     written = imageio.decode_image(encoded)
     imageio.psnr(decoded.pixels, written.pixels, data_range=decoded.maxval)
-    return _read_views(wm, written.pixels)
+    return _tiles(wm, written.pixels)
 
 
 def pipeline_once(data: bytes, workdir: str) -> None:
