@@ -416,3 +416,22 @@ def test_learning_rate_drops_at_the_configured_step():
     cfg = get_preset("tiny").replace(learning_rate=1e-3, lr_drop_step=10, lr_drop_factor=0.5)
     assert [train.learning_rate(cfg, s) for s in (0, 9, 10, 500)] == [1e-3, 1e-3, 5e-4, 5e-4]
     assert train.learning_rate(cfg.replace(lr_drop_step=0), 10**6) == 1e-3
+
+
+def test_psnr_spread_draws_one_strength_per_sample():
+    """With `loss.psnr_spread_db`, each sample's residual gets its own PSNR in [target - spread,
+    target]; without it, the batch shares the scheduled one."""
+    from training.residual import ResidualTask
+    cfg = tiny_config()
+    cfg = cfg.replace(loss=dataclasses.replace(cfg.loss, psnr_start=30.0, psnr_final=30.0, psnr_spread_db=10.0))
+    photos = [np.asarray(Image.open(SAMPLES / "opencv_fruits.jpg").convert("RGB"))]
+    task = ResidualTask(cfg, photos, photos)
+    canvas, bits = (tf.constant(x) for x in task.example(0, 8))
+    seed = tf.constant([1, 2], tf.int32)
+    targets = np.asarray(task.sample_psnr(tf.constant(0, tf.int64), seed, 8)).reshape(-1)
+    assert targets.shape == (8,) and targets.min() >= 20.0 and targets.max() <= 30.0 and targets.std() > 1
+    marked, _ = task.embed(canvas, bits, tf.reshape(tf.constant(targets, tf.float32), (-1, 1, 1, 1)), training=False)
+    measured = [psnr(np.asarray(m), np.asarray(c)) for m, c in zip(marked, canvas)]
+    assert np.corrcoef(measured, targets)[0, 1] > 0.9
+    unspread = ResidualTask(tiny_config(), photos, photos)
+    assert np.ndim(unspread.sample_psnr(tf.constant(0, tf.int64), seed, 8)) == 0

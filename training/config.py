@@ -89,6 +89,10 @@ class LossConfig:
     psnr_step_db: float = 0.003
     psnr_up_accuracy: float = 0.97
     psnr_down_accuracy: float = 0.93
+    psnr_spread_db: float = 0.0
+    """0: every sample at the scheduled PSNR. >0: each training sample's residual is normalised to
+    a PSNR drawn uniformly from [target - spread, target], so one model learns marks as strong
+    as a small image's (one tile, amplified) and as weak as a large image's tiles."""
     image_weight: float = 0.0
     """Weight of an extra texture-weighted image loss (shapes where the energy goes)."""
     bit_weight: float = 1.0

@@ -118,11 +118,22 @@ class ResidualTask:
         return {"embedder": self.embedder, "extractor": self.extractor,
                 "psnr_state": self.psnr_state, "accuracy_ema": self.accuracy_ema}
 
+    def sample_psnr(self, step, seed, batch):
+        """The scheduled PSNR, or with `psnr_spread_db` one PSNR per sample ([B, 1, 1, 1]) drawn
+        uniformly from [target - spread, target]."""
+        target = self.psnr_target(step)
+        spread = self.cfg.loss.psnr_spread_db
+        if spread <= 0:
+            return target
+        draw = tf.random.stateless_uniform([batch, 1, 1, 1], seed=attack_lib.sub_seed(seed, 7))
+        return target - spread * draw
+
     # -- steps -----------------------------------------------------------------------------
     def losses(self, canvas, bits, step, seed):
         """Forward pass of one training step: (total loss, metrics)."""
         strength = self.attack_strength(step)
-        marked, residual = self.embed(canvas, bits, self.psnr_target(step), training=True)
+        marked, residual = self.embed(canvas, bits, self.sample_psnr(step, seed, tf.shape(canvas)[0]),
+                                      training=True)
         attacked = attack_lib.apply_sliced(self.attacks, marked, strength, seed)
         boxes = attack_lib.random_crop_boxes(attack_lib.sub_seed(seed, 1), tf.shape(canvas)[0], strength,
                                              self.cfg.attacks)
