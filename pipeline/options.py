@@ -56,6 +56,8 @@ class RunConfig:
     """Seed of the random attacks (noise), so re-runs give identical reports."""
     reframe: bool = False
     """Reads that find no mark search for a crop of the marked frame (pipeline/reframe.py)."""
+    max_grid: int | None = None
+    """Embed mode: mark on at most this many tiles a side (default: the model card's)."""
 
     def replace(self, **changes) -> "RunConfig":
         return dataclasses.replace(self, **changes)
@@ -94,7 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random attacks")
     parser.add_argument("--reframe", action="store_true",
                         help="reads that find no mark search for a crop of the marked frame "
-                             "(about 0.5 s of CPU per such read; p-values pay for every framing tried)")
+                             "(0.5-3 s of CPU per such read; p-values pay for every framing tried)")
+    parser.add_argument("--max_grid", type=int,
+                        help="embed mode: mark on at most N x N tiles (fewer embedder calls, faster; "
+                             "the mark is amplified to read as well, so PSNR drops; default: the model's)")
     return parser
 
 
@@ -114,6 +119,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ValueError("--batch_size must be at least 1")
     if cfg.strength is not None and not 0.0 < cfg.strength <= 10.0:
         raise ValueError(f"--strength must be in (0, 10], got {cfg.strength}")
+    if cfg.max_grid is not None and cfg.max_grid < 1:
+        raise ValueError(f"--max_grid must be at least 1, got {cfg.max_grid}")
     if cfg.max_error_rate is not None and not 0.0 <= cfg.max_error_rate <= 1.0:
         raise ValueError(f"--max_error_rate must be in [0, 1], got {cfg.max_error_rate}")
     if cfg.verify == "attacks":

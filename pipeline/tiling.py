@@ -56,10 +56,12 @@ class Tiling:
     def to_dict(self) -> dict[str, int]:
         return {"max_grid": self.max_grid, "min_tile": self.min_tile}
 
-    def grid_for(self, height: int, width: int) -> int:
-        """The grid an image of this size is marked with: as fine as `max_grid` allows while
-        every tile keeps at least `min_tile` pixels a side."""
-        return max(1, min(self.max_grid, min(height, width) // self.min_tile))
+    def grid_for(self, height: int, width: int, cap: int | None = None) -> int:
+        """The grid an image of this size is marked with: as fine as `max_grid` (or a smaller
+        `cap`, for fewer embedder calls) allows while every tile keeps at least `min_tile`
+        pixels a side."""
+        finest = self.max_grid if cap is None else max(1, min(cap, self.max_grid))
+        return max(1, min(finest, min(height, width) // self.min_tile))
 
     def gain(self, grid: int) -> float:
         """Residual amplification of an image marked with `grid`: the logits' signal-to-noise

@@ -358,7 +358,7 @@ class Prepare(beam.DoFn):
         record.update(width=decoded.width, height=decoded.height, format=decoded.format,
                       notes=list(decoded.notes))
         if cfg.mode == "embed":
-            grid = self.tiling.grid_for(decoded.height, decoded.width)
+            grid = self.tiling.grid_for(decoded.height, decoded.width, cfg.max_grid)
             view = tile_views(decoded.pixels, grid, self.working_size)
         else:
             view = read_views(decoded.pixels, self.tiling, self.working_size)
@@ -576,7 +576,7 @@ class MarkAndWrite(beam.DoFn):
             # Everything that can fail runs before the write, so an image either gets its file
             # and an `ok`/verification record, or an error record and no file.
             try:
-                grid = self.tiling.grid_for(decoded.height, decoded.width)
+                grid = self.tiling.grid_for(decoded.height, decoded.width, cfg.max_grid)
                 data, psnr, views, sources = self._mark(decoded, result.inference, path, grid)
             except Exception as exc:  # noqa: BLE001 - this image's failure, reported in its record
                 raise _Failure("encode_failed", f"cannot mark or encode: {type(exc).__name__}: {exc}"[:500]) from None

@@ -169,22 +169,25 @@ class Watermarker:
     """A loaded model bundle plus a payload codec (error correction and key)."""
 
     def __init__(self, bundle: LoadedBundle, codec: PayloadCodec, strength: float | None = None,
-                 fpr: float = 1e-6):
+                 fpr: float = 1e-6, max_grid: int | None = None):
         self.bundle = bundle
         self.codec = codec
         self.strength = bundle.card.default_strength if strength is None else float(strength)
         self.fpr = fpr
         self.tiling = Tiling.from_card(bundle.card.raw)
+        self.max_grid = max_grid
+        """Mark on at most this many tiles a side (None: the card's); reads are unaffected."""
 
     @classmethod
     def load(cls, model_dir: str | None = None, key: bytes | str | None = None, *,
-             strength: float | None = None, fpr: float = 1e-6) -> "Watermarker":
+             strength: float | None = None, fpr: float = 1e-6,
+             max_grid: int | None = None) -> "Watermarker":
         """Load a bundle (default: the one shipped with the package) with an optional key."""
         if model_dir is None:
             from pipeline.resources import bundled_model_dir
             model_dir = bundled_model_dir()
         bundle = load_bundle(model_dir)
-        return cls(bundle, PayloadCodec.from_card(bundle.card.raw, key=key), strength, fpr)
+        return cls(bundle, PayloadCodec.from_card(bundle.card.raw, key=key), strength, fpr, max_grid)
 
     @property
     def working_size(self) -> int:
@@ -209,7 +212,7 @@ class Watermarker:
         one embedder call per tile of the image's grid, laid out as the grid and amplified by
         its gain (see `pipeline.tiling`)."""
         height, width = pixels.shape[:2]
-        views = tile_views(pixels, self.tiling.grid_for(height, width), self.working_size)
+        views = tile_views(pixels, self.tiling.grid_for(height, width, self.max_grid), self.working_size)
         return tiled_residual(self.residuals(views, np.repeat(bits[None], len(views), axis=0)), self.tiling)
 
     def embed_pixels(self, pixels: np.ndarray, payload: str | int) -> np.ndarray:

@@ -103,6 +103,16 @@ def test_bad_options_fail_fast_with_clear_errors(tmp_path, capsys):
     assert "payload" in capsys.readouterr().err
     assert main(["--input", PHOTOS[0], "--model", str(tmp_path / "nope"), "--payload", "1"]) == 2
     assert "model" in capsys.readouterr().err
+    assert main(["--input", PHOTOS[0], "--payload", "1", "--max_grid", "0", "--output", str(tmp_path)]) == 2
+    assert "--max_grid" in capsys.readouterr().err
+
+
+def test_max_grid_caps_the_embedding_grid(tmp_path):
+    """`--max_grid 2` marks on a 2 x 2 grid; verification reads it back on that grid."""
+    out = tmp_path / "out"
+    assert main(["--input", PHOTOS[0], "--payload", "abcdef", "--output", str(out), "--max_grid", "2"]) == 0
+    (record,) = read_records(out)
+    assert record["status"] == "ok" and record["match"] and record["grid"] == 2
 
 
 def test_gcs_input_and_output(gcs_bucket, tmp_path):

@@ -122,3 +122,15 @@ def test_a_read_at_the_marked_size_stops_at_its_own_grid(wm, monkeypatch):
     assert read.detected and read.grid == wm.tiling.max_grid
     matches = round((1 - read.ber) * wm.codec.raw_bits)
     assert read.p_value == pytest.approx(wm.tiling.max_grid * binomial_tail(wm.codec.raw_bits, matches))
+
+
+def test_a_capped_grid_marks_fewer_tiles_more_strongly(wm):
+    """`max_grid` caps the embedding grid (fewer embedder calls); the residual's gain keeps the
+    read as strong, at a PSNR lower by about 20 log10(5 / 3) dB; reading needs no option."""
+    photo = _sample("opencv_building.jpg")
+    capped = Watermarker(wm.bundle, wm.codec, max_grid=3)
+    full, three = wm.embed(photo, "abc"), capped.embed(photo, "abc")
+    read = wm.extract(three, "abc")
+    assert read.detected and read.match and read.grid == 3
+    drop = imageio.psnr(np.asarray(photo), np.asarray(full)) - imageio.psnr(np.asarray(photo), np.asarray(three))
+    assert drop == pytest.approx(20 * np.log10(5 / 3), abs=1.5)
