@@ -6,6 +6,7 @@ local cache directory first, so TensorFlow only ever reads local files.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
+
+from pipeline.tiling import Tiling
 
 BUNDLE_FORMAT = "filigree-bundle/1"
 COLOR_MODES = ("luma", "rgb")
@@ -34,6 +37,8 @@ class ModelCard:
     color_mode: str
     default_strength: float
     raw: dict
+    tiling: Tiling = Tiling()
+    """The card's `tiling` entry, parsed (none: whole images, grid 1)."""
 
     @classmethod
     def from_dict(cls, card: dict) -> "ModelCard":
@@ -57,12 +62,11 @@ class ModelCard:
             raise BundleError(f"model.json color_mode {parsed.color_mode!r} is not one of {COLOR_MODES}")
         if parsed.working_size < 8 or parsed.payload_bits < 8:
             raise BundleError("model.json working_size and payload_bits must be at least 8")
-        from pipeline.tiling import Tiling
         try:
-            Tiling.from_card(card)
+            tiling = Tiling.from_card(card)
         except (TypeError, ValueError, AttributeError) as exc:
             raise BundleError(f"model.json has a bad tiling entry: {exc}") from None
-        return parsed
+        return dataclasses.replace(parsed, tiling=tiling)
 
     @property
     def ecc(self) -> dict:

@@ -94,18 +94,22 @@ def framed_tile_views(image: Image.Image, candidates: list[Framing], tiling: Til
     fill = tuple(int(round(v)) for v in np.asarray(rgb).reshape(-1, 3).mean(axis=0))
     views = []
     for framing in candidates:
-        width = max(1, round(framing.scale * side))
         canvas = Image.new("RGB", (side, side), fill)
-        resample = Image.BOX if min(rgb.size) >= width else Image.BILINEAR
-        canvas.paste(rgb.resize((width, width), resample), (round(framing.x * side), round(framing.y * side)))
+        canvas.paste(_squeeze(rgb, max(1, round(framing.scale * side))),
+                     (round(framing.x * side), round(framing.y * side)))
         views.append(read_views(np.asarray(canvas), tiling, size))
     return np.concatenate(views) if views else np.empty((0, size, size, 3), np.float32)
 
 
+def _squeeze(image: Image.Image, side: int) -> Image.Image:
+    """The image squeezed to side x side (area averaging when shrinking, else bilinear)."""
+    resample = Image.BOX if min(image.size) >= side else Image.BILINEAR
+    return image.resize((side, side), resample)
+
+
 def _shrink(image: Image.Image, side: int) -> np.ndarray:
     """The image squeezed to side x side, float32 RGB in [0, 1]."""
-    resample = Image.BOX if min(image.size) >= side else Image.BILINEAR
-    return np.asarray(image.resize((side, side), resample), dtype=np.float32) / 255.0
+    return np.asarray(_squeeze(image, side), dtype=np.float32) / 255.0
 
 
 def search_source(image: Image.Image, size: int, tiling: Tiling = Tiling()) -> Image.Image:

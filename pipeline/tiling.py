@@ -169,5 +169,5 @@ def mosaic(residuals: np.ndarray) -> np.ndarray:
         grid * size, grid * size, channels)
 
 
-__all__ = ["Tiling", "cut_tiles", "decode_grid", "decode_tiles", "grid_logits", "mosaic", "read_views", "tile_views",
-           "tiled_residual"]
+__all__ = ["Tiling", "cut_tiles", "decode_grid", "decode_tiles", "grid_logits", "mosaic", "read_views",
+           "tile_views", "tiled_residual"]

@@ -512,7 +512,7 @@ class EmbedderHandler(_BundleHandler):
     """Items with clean tiles and bits -> PredictionResult(item, residual [g*S, g*S, C])."""
 
     def run_inference(self, batch: Sequence[Item], model, inference_args=None) -> Iterable[PredictionResult]:
-        tiling = Tiling.from_card(model.card.raw)
+        tiling = model.card.tiling
         counts = [len(item.views["clean"]) for item in batch]
         views = np.concatenate([item.views["clean"] for item in batch])
         bits = np.concatenate([np.repeat(item.bits[None], n, axis=0) for item, n in zip(batch, counts)])
@@ -555,7 +555,7 @@ class MarkAndWrite(beam.DoFn):
 
     def __init__(self, cfg: RunConfig, card: ModelCard, working_size: int):
         self.cfg, self.card, self.working_size = cfg, card, working_size
-        self.tiling = Tiling.from_card(card.raw)
+        self.tiling = card.tiling
         self.strength = card.default_strength if cfg.strength is None else cfg.strength
         self.marked_counter = Metrics.counter(NAMESPACE, "marked")
         self.failed_counter = Metrics.counter(NAMESPACE, "failed")
@@ -820,7 +820,7 @@ class Watermark(beam.PTransform):
 
     def expand(self, pbegin):
         cfg, size, mode = self.cfg, self.card.working_size, self.cfg.mode
-        tiling = Tiling.from_card(self.card.raw)
+        tiling = self.card.tiling
         listed = pbegin | "ListInputs" >> ListInputs(cfg, self.spec)
         planned = (listed["groups"]
                    | "PlanJobs" >> guarded(PlanJobs(cfg, self.spec.root), "jobs"))

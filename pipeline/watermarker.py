@@ -17,7 +17,6 @@ same functions, with batched inference.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -35,8 +34,7 @@ from pipeline.imageio import (
 )
 from pipeline.payload import PayloadCodec, ReadResult
 from pipeline.reframe import SearchConfig, centred_framings, framed_tile_views, framed_views, framings
-from pipeline.tiling import (Tiling, decode_grid, decode_tiles, grid_logits, read_views, tile_views,
-                             tiled_residual)
+from pipeline.tiling import decode_grid, decode_tiles, grid_logits, read_views, tile_views, tiled_residual
 
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I")
@@ -61,12 +59,6 @@ def apply_residual(rgb: np.ndarray, residual: np.ndarray, strength: float) -> np
     marked = np.add(rgb, upsampled, dtype=np.float32)
     np.clip(marked, 0.0, 1.0, out=marked)
     return marked
-
-
-def stack_views(rgbs: Sequence[np.ndarray], size: int) -> np.ndarray:
-    """float32 [N, size, size, 3]: each image (float RGB, uint8 RGB, or native grey pixels)
-    resized to the working size."""
-    return np.stack([working_view(rgb, size) for rgb in rgbs]).astype(np.float32, copy=False)
 
 
 # -- PIL images <-> pixels ---------------------------------------------------------------------
@@ -174,7 +166,7 @@ class Watermarker:
         self.codec = codec
         self.strength = bundle.card.default_strength if strength is None else float(strength)
         self.fpr = fpr
-        self.tiling = Tiling.from_card(bundle.card.raw)
+        self.tiling = bundle.card.tiling
         self.max_grid = max_grid
         """Mark on at most this many tiles a side (None: the card's); reads are unaffected."""
 
@@ -315,4 +307,4 @@ class Watermarker:
 
 
 __all__ = ["Watermarker", "apply_residual", "image_pixels", "mark_pixels", "pil_to_rgb",
-           "pixels_to_image", "rgb_to_pil", "stack_views", "to_working_size"]
+           "pixels_to_image", "rgb_to_pil", "to_working_size"]

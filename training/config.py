@@ -149,8 +149,8 @@ PRESETS: dict[str, TrainConfig] = {
         description="Production recipe for CPU: 64px working size on a 128px canvas, 100 bits, "
                     "luma residual decoded at full working size, attack curriculum without crop "
                     "training (crops are read by the re-framing search), PSNR adaptive from 35 dB "
-                    "towards 42.5 dB, learning rate 1e-3 then 3e-4 from step 4000; served on up to 5 x 5 "
-                    "tiles.",
+                    "towards 42.5 dB, learning rate 1e-3 then 3e-4 from step 4000; served on up "
+                    "to 5 x 5 tiles.",
         model=ModelConfig(full_size_decoder=True, tile_grid=5),
         attacks=AttackConfig(crop_probability=0.0),
         loss=LossConfig(psnr_start=35.0),
