@@ -41,6 +41,7 @@ RUN if [ "${VARIANT}" = gpu ]; then \
 # The project itself: not editable (workers import it from site-packages, whatever their working
 # directory), without dependencies (all came from the lock), built with the lock's setuptools.
 COPY pyproject.toml setup.py flex_main.py ./
+COPY filigree filigree
 COPY pipeline pipeline
 COPY training training
 RUN pip install --no-cache-dir --no-deps --no-build-isolation . && pip check

@@ -57,7 +57,7 @@ setup(
     version="0.1.0",
     description="Invisible image watermarking at batch scale (Apache Beam + TensorFlow)",
     python_requires=">=3.11",
-    packages=find_packages(include=["pipeline", "pipeline.*", "training", "training.*"]),
+    packages=find_packages(include=["filigree", "filigree.*", "pipeline", "pipeline.*", "training", "training.*"]),
     package_data=PACKAGE_DATA,
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,

@@ -76,9 +76,9 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # `python benchmarks/quality.py` without PYTHONPATH
     sys.path.insert(0, str(REPO))
 
-from pipeline.attacks import DEFAULT_SUITE_SPEC, Attack, parse_suite  # noqa: E402
-from pipeline.imageio import psnr, ssim  # noqa: E402
-from pipeline.payload import binomial_tail, format_payload, resolve_key  # noqa: E402
+from filigree.attacks import DEFAULT_SUITE_SPEC, Attack, parse_suite  # noqa: E402
+from filigree.imageio import psnr, ssim  # noqa: E402
+from filigree.payload import binomial_tail, format_payload, resolve_key  # noqa: E402
 
 DEFAULT_ATTACKS = "none," + DEFAULT_SUITE_SPEC
 DEFAULT_PEERS = "dwtDct,dwtDctSvd,rivaGan"
@@ -236,8 +236,8 @@ class FiligreeMethod:
     name = FILIGREE
 
     def __init__(self, model_dir: str | None, key: bytes | None, fpr: float, reframe: bool = False):
-        from pipeline import Watermarker
-        from pipeline.reframe import SearchConfig
+        from filigree import Watermarker
+        from filigree.reframe import SearchConfig
 
         self.wm = Watermarker.load(model_dir, key, fpr=fpr)
         self.fpr = fpr

@@ -86,7 +86,7 @@ def make_photo(workdir: Path, megapixels: float, seed: int = 0) -> Path:
     path = photo_path(workdir, megapixels, seed)
     if path.exists():
         return path
-    from pipeline.resources import bundled_samples_dir
+    from filigree.resources import bundled_samples_dir
     width = int(round(math.sqrt(megapixels * 1e6 * 4 / 3)))
     height = int(round(width * 3 / 4))
     with Image.open(os.path.join(bundled_samples_dir(), SEED_PHOTO)) as source:
@@ -174,7 +174,7 @@ def run_codec(data: bytes, out: Path, sub: str) -> Stages:
 
 def run_embed(wm, data: bytes, out: Path, sub: str) -> Stages:
     """`Watermarker.embed`'s own steps, timed one by one (see Watermarker.embed)."""
-    from pipeline.watermarker import image_pixels, mark_pixels, pixels_to_image
+    from filigree.watermarker import image_pixels, mark_pixels, pixels_to_image
     t, image = _timed_decode(data)
     with t("resize"):
         pixels, alpha, mode = image_pixels(image)
@@ -188,19 +188,19 @@ def run_embed(wm, data: bytes, out: Path, sub: str) -> Stages:
 
 def _tiles(wm, pixels: np.ndarray) -> np.ndarray:
     """The working views the embedder gets: one per tile of the image's grid."""
-    from pipeline.tiling import tile_views
+    from filigree.tiling import tile_views
     return tile_views(pixels, wm.tiling.grid_for(*pixels.shape[:2]), wm.working_size)
 
 
 def _tiled_inference(wm, views: np.ndarray) -> np.ndarray:
     """Payload coding + the embedder on every tile, laid out as the residual to upsample."""
-    from pipeline.tiling import tiled_residual
+    from filigree.tiling import tiled_residual
     bits = np.repeat(wm.codec.encode(PAYLOAD)[None], len(views), axis=0)
     return tiled_residual(wm.residuals(views, bits), wm.tiling)
 
 
 def _read_views(wm, pixels: np.ndarray) -> np.ndarray:
-    from pipeline.tiling import read_views
+    from filigree.tiling import read_views
     return read_views(pixels, wm.tiling, wm.working_size)
 
 
@@ -215,8 +215,8 @@ def run_pipeline_step(wm, data: bytes, out: Path) -> Stages:
     """The pipeline's per-image work without Beam (Prepare + MarkAndWrite with --verify clean):
     decode into a DecodedImage, view, embed, mark, encode with metadata, write, decode the
     written bytes again, PSNR against the source and the read-back view."""
-    from pipeline import imageio
-    from pipeline.watermarker import mark_pixels
+    from filigree import imageio
+    from filigree.watermarker import mark_pixels
     t = Stages()
     with t("decode"):
         decoded = imageio.decode_image(data)
@@ -240,8 +240,8 @@ def run_pipeline_step(wm, data: bytes, out: Path) -> Stages:
 
 def run_extract(wm, data: bytes, draft: bool = False) -> tuple[Stages, object, np.ndarray]:
     """(stages, the read, the mean logits of the image's own grid)."""
-    from pipeline.tiling import decode_tiles
-    from pipeline.watermarker import image_pixels
+    from filigree.tiling import decode_tiles
+    from filigree.watermarker import image_pixels
     t = Stages()
     with t("decode"):
         image = Image.open(io.BytesIO(data))
@@ -338,7 +338,7 @@ def memory_child(kind: str, photo: str, workdir: str) -> dict:
     sub = _subsampling(data)
     wm = None
     if kind in ("embed", "extract", "mark_and_write"):
-        from pipeline import Watermarker
+        from filigree import Watermarker
         wm = Watermarker.load()
     warm = make_photo(Path(workdir), 0.3)
     warm_data = warm.read_bytes()
@@ -379,8 +379,8 @@ def _memory_action(kind: str, wm, sub: str, out: Path, workdir: str):
 def mark_and_write(wm, data: bytes):
     """The pipeline's per-image work without Beam: decode, view, embed, mark, encode, decode
     the written bytes again, PSNR against the source, read-back view (transforms.MarkAndWrite)."""
-    from pipeline import imageio
-    from pipeline.watermarker import mark_pixels
+    from filigree import imageio
+    from filigree.watermarker import mark_pixels
     decoded = imageio.decode_image(data)
     residual = _tiled_inference(wm, _tiles(wm, decoded.pixels))
     marked = mark_pixels(decoded.pixels, residual, wm.strength)
@@ -675,7 +675,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(measure_peer(workdir, args.child_time, args.child_peer, args.repeats or 1)))
         return 0
     if args.child_time:
-        from pipeline import Watermarker
+        from filigree import Watermarker
         print(json.dumps(measure_size(Watermarker.load(), workdir, args.child_time, args.repeats or 3)))
         return 0
     if args.quick:
@@ -686,7 +686,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{', '.join(f'{v:.1f}' for v in state['loadavg'])} at start; {state['versions']}", flush=True)
     for megapixels in sizes:
         make_photo(workdir, megapixels)
-    from pipeline import Watermarker
+    from filigree import Watermarker
     wm = Watermarker.load()
     peers = peers_available(tuple(p for p in args.peers.split(",") if p))
     print(f"model {wm.bundle.card.name} {wm.bundle.card.version}, working size {wm.working_size}; "

@@ -12,8 +12,8 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
-from pipeline.attacks import DEFAULT_SUITE_SPEC, parse_suite
-from pipeline.payload import KEY_ENV_VAR, resolve_key
+from filigree.attacks import DEFAULT_SUITE_SPEC, parse_suite
+from filigree.payload import KEY_ENV_VAR, resolve_key
 
 MODES = ("embed", "extract")
 VERIFY_LEVELS = ("none", "clean", "attacks")
@@ -133,7 +133,7 @@ def parse_run_args(argv: list[str] | None = None) -> tuple[RunConfig, bytes | No
     args, beam_args = build_parser().parse_known_args(argv)
     key = resolve_key(args.key, args.key_file)
     if args.input is None:
-        from pipeline.resources import bundled_samples_dir
+        from filigree.resources import bundled_samples_dir
         args.input = bundled_samples_dir()
         if args.assignments is None and args.payload is None and args.mode == "embed":
             args.assignments = os.path.join(args.input, "assignments.csv")

@@ -35,10 +35,10 @@ from apache_beam.io.filesystems import FileSystems  # noqa: E402
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions  # noqa: E402
 
 from pipeline import report  # noqa: E402
-from pipeline.bundle import BundleError, ModelCard, read_card  # noqa: E402
+from filigree.bundle import BundleError, ModelCard, read_card  # noqa: E402
 from pipeline.manifest import InputSpec, check_manifest_header, describe_input, has_scheme  # noqa: E402
 from pipeline.options import RunConfig, parse_run_args  # noqa: E402
-from pipeline.payload import PayloadCodec, PayloadError  # noqa: E402
+from filigree.payload import PayloadCodec, PayloadError  # noqa: E402
 from pipeline.transforms import Watermark  # noqa: E402
 
 
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg, key, beam_args = parse_run_args(argv)
         model_dir = cfg.model
         if model_dir is None:
-            from pipeline.resources import bundled_model_dir
+            from filigree.resources import bundled_model_dir
             model_dir = bundled_model_dir()
         card = read_card(model_dir)
         codec = PayloadCodec.from_card(card.raw, key=key)

@@ -61,15 +61,15 @@ from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 from PIL import Image
 
-from pipeline import imageio
-from pipeline.attacks import parse_suite
-from pipeline.bundle import ModelCard
+from filigree import imageio
+from filigree.attacks import parse_suite
+from filigree.bundle import ModelCard
 from pipeline.manifest import InputSpec, ManifestRow, has_scheme, is_image_name, normalize, read_manifest, relative_to
 from pipeline.options import RunConfig
-from pipeline.payload import PayloadCodec, PayloadError, ReadResult, format_payload
-from pipeline.reframe import SearchConfig, search_source
-from pipeline.tiling import Tiling, decode_grid, decode_tiles, read_views, tile_views, tiled_residual
-from pipeline.watermarker import Watermarker, mark_pixels
+from filigree.payload import PayloadCodec, PayloadError, ReadResult, format_payload
+from filigree.reframe import SearchConfig, search_source
+from filigree.tiling import Tiling, decode_grid, decode_tiles, read_views, tile_views, tiled_residual
+from filigree.watermarker import Watermarker, mark_pixels
 
 NAMESPACE = "filigree"
 LOG = logging.getLogger("filigree")
@@ -457,15 +457,15 @@ def _travelling_model_dir(model_dir: str | None) -> str | None:
     """The model directory as it travels to workers: the bundled model as None, not as the
     launching machine's path (a venv or a checkout that workers do not have), so each worker
     finds its own installed copy."""
-    from pipeline.resources import bundled_model_dir
+    from filigree.resources import bundled_model_dir
     bundled = model_dir is not None and _same_dir(model_dir, bundled_model_dir())
     return None if bundled else model_dir
 
 
 def load_worker_bundle(model_dir: str | None):
     """Load a bundle on a worker (None: the bundled model)."""
-    from pipeline.bundle import load_bundle
-    from pipeline.resources import bundled_model_dir
+    from filigree.bundle import load_bundle
+    from filigree.resources import bundled_model_dir
     return load_bundle(model_dir or bundled_model_dir())
 
 

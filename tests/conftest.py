@@ -120,8 +120,8 @@ def untiled_model(tmp_path_factory) -> str:
     import json
     import shutil
 
-    from pipeline.resources import bundled_model_dir
-    from pipeline.tiling import Tiling
+    from filigree.resources import bundled_model_dir
+    from filigree.tiling import Tiling
 
     target = tmp_path_factory.mktemp("untiled") / "model"
     shutil.copytree(bundled_model_dir(), target)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.attacks import (
+from filigree.attacks import (
     ATTACKS,
     DEFAULT_SUITE,
     DEFAULT_SUITE_SPEC,

@@ -224,7 +224,7 @@ WORKER = textwrap.dedent("""
     from apache_beam.portability import common_urns
     from apache_beam.portability.api import beam_runner_api_pb2
     from pipeline.options import RunConfig
-    from pipeline.payload import PayloadCodec
+    from filigree.payload import PayloadCodec
     from pipeline.transforms import _BundleHandler
 
     def visit(obj, found, seen, depth=0):
@@ -286,10 +286,10 @@ def local_graph(args: list[str]) -> set[str]:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.bundle import read_card
+    from filigree.bundle import read_card
     from pipeline.options import parse_run_args
-    from pipeline.payload import PayloadCodec
-    from pipeline.resources import bundled_model_dir
+    from filigree.payload import PayloadCodec
+    from filigree.resources import bundled_model_dir
     from pipeline.run import build_pipeline, resolve_input
 
     cfg, key, _ = parse_run_args(args)
@@ -435,7 +435,7 @@ def test_dry_run_translates_without_staging(site):
 
 
 def test_key_file_on_gcs(site):
-    from pipeline.payload import resolve_key
+    from filigree.payload import resolve_key
 
     bucket, _, key = site
     assert resolve_key(key_file=f"gs://{bucket}/secrets/filigree.key", env_var=None) == key.encode()
@@ -610,7 +610,7 @@ def test_dockerfile_image_launches_and_runs():
     assert "RUN pip install --no-cache-dir -r requirements.lock\n" in text
     assert re.search(r"pip install --no-cache-dir --no-deps --no-build-isolation \. && pip check", text)
     ignored = (ROOT / ".dockerignore").read_text().split()
-    for needed in ("requirements.lock", "setup.py", "pyproject.toml", "flex_main.py", "pipeline", "training"):
+    for needed in ("requirements.lock", "setup.py", "pyproject.toml", "flex_main.py", "filigree", "pipeline", "training"):
         assert needed not in ignored
 
 

@@ -15,8 +15,8 @@ import pytest
 from PIL import Image, ImageFile, ImageOps
 
 from imagefiles import encoded as _save, srgb_icc as _srgb_icc
-from pipeline import imageio
-from pipeline.imageio import (
+from filigree import imageio
+from filigree.imageio import (
     ImageDecodeError,
     decode_image,
     encode_image,

@@ -134,7 +134,7 @@ def test_bundled_model_is_shipped(shipped_data):
 
 
 def test_resources_point_into_the_package():
-    from pipeline import resources
+    from filigree import resources
 
     assert Path(resources.bundled_samples_dir()) == (DATA / "samples").resolve()
     assert Path(resources.bundled_model_dir()) == (DATA / "model").resolve()

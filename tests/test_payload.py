@@ -10,7 +10,7 @@ import bchlib
 import numpy as np
 import pytest
 
-from pipeline.payload import (
+from filigree.payload import (
     DEFAULT_KEY,
     EccSpec,
     PayloadCodec,

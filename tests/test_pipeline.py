@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.resources import bundled_samples_dir
+from filigree.resources import bundled_samples_dir
 from pipeline.run import main
 from reports import read_records, read_summary
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import Watermarker
-from pipeline.payload import PayloadCodec, binomial_tail, blind_p_value
-from pipeline.reframe import Framing, SearchConfig, centred_framings, framed_views, framings
-from pipeline.resources import bundled_samples_dir
+from filigree import Watermarker
+from filigree.payload import PayloadCodec, binomial_tail, blind_p_value
+from filigree.reframe import Framing, SearchConfig, centred_framings, framed_views, framings
+from filigree.resources import bundled_samples_dir
 from reports import read_records
 
 PAYLOAD = "0123456789abc"
@@ -149,7 +149,7 @@ def test_pipeline_reframe_reads_cropped_images(tmp_path, untiled_model, tiled_mo
     """A marked sample centre-cropped to 80% of its area, and an unmarked one: `--mode extract
     --reframe` finds the mark (with its framing), and no mark in the other; without it, neither.
     For an untiled bundle and for the bundled (tiled) one."""
-    from pipeline.resources import bundled_model_dir
+    from filigree.resources import bundled_model_dir
     from pipeline.run import main
 
     model = bundled_model_dir() if tiled_model else untiled_model

@@ -27,7 +27,8 @@ from PIL import Image
 
 from imagefiles import encoded as _save, srgb_icc as _srgb_icc
 from reports import read_records, read_summary
-from pipeline import imageio, transforms
+from filigree import imageio
+from pipeline import transforms
 from pipeline.transforms import UNCHANGED_NOTE
 from pipeline.run import main
 
@@ -388,9 +389,9 @@ def test_inference_results_do_not_depend_on_how_batches_are_cut():
     """TensorFlow's CPU kernels differ in the last bits between batch sizes (1 vs 2 or 3 here);
     the handlers call the model with one fixed shape, so an image's residual and logits are the
     same whatever batch it rides in (with 1, 4 or 9 tiles an image)."""
-    from pipeline.bundle import load_bundle
-    from pipeline.payload import PayloadCodec
-    from pipeline.resources import bundled_model_dir
+    from filigree.bundle import load_bundle
+    from filigree.payload import PayloadCodec
+    from filigree.resources import bundled_model_dir
 
     model = load_bundle(bundled_model_dir())
     size = model.card.working_size

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.payload import PayloadCodec
-from pipeline.tiling import (
+from filigree.payload import PayloadCodec
+from filigree.tiling import (
     Tiling,
     cut_tiles,
     decode_grid,
@@ -151,8 +151,8 @@ def test_unmarked_tiles_are_not_detected():
 def test_a_bad_tiling_entry_is_a_clear_bundle_error(tiling):
     import json
 
-    from pipeline.bundle import BundleError, ModelCard
-    from pipeline.resources import bundled_model_dir
+    from filigree.bundle import BundleError, ModelCard
+    from filigree.resources import bundled_model_dir
     with open(f"{bundled_model_dir()}/model.json") as f:
         card = json.load(f)
     card["tiling"] = tiling

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import Watermarker, imageio
-from pipeline.watermarker import pil_to_rgb, rgb_to_pil
+from filigree import Watermarker, imageio
+from filigree.watermarker import pil_to_rgb, rgb_to_pil
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_image_held_in_several_blocks_is_copied_once(wm, monkeypatch):
 
 
 def _sample(name: str) -> Image.Image:
-    from pipeline.resources import bundled_samples_dir
+    from filigree.resources import bundled_samples_dir
     return Image.open(f"{bundled_samples_dir()}/{name}").convert("RGB")
 
 
@@ -115,7 +115,7 @@ def test_a_marked_image_can_be_marked_again(wm):
 def test_a_read_at_the_marked_size_stops_at_its_own_grid(wm, monkeypatch):
     """An image read at the size it was marked with is read on its own grid only (25 views, not
     55); its p-value still pays for every grid the reader could have tried."""
-    from pipeline.payload import binomial_tail
+    from filigree.payload import binomial_tail
     marked = wm.embed(_sample("opencv_building.jpg"), "abc")
     monkeypatch.setattr(wm, "read_logits", lambda pixels: pytest.fail("read every grid"))
     read = wm.extract(marked, "abc")

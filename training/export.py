@@ -55,7 +55,7 @@ class ExtractorServing(tf.Module):
 def model_card(cfg, *, steps: int, wall_time_s: float, metrics: dict, data: str, notes: str = "",
                target_psnr: float | None = None) -> dict:
     """The `model.json` contents for a model trained with `cfg` (a TrainConfig)."""
-    from pipeline.payload import choose_ecc  # the payload layer owns the bits <-> payload mapping
+    from filigree.payload import choose_ecc  # the payload layer owns the bits <-> payload mapping
 
     ecc = choose_ecc(cfg.model.payload_bits)
     return {

@@ -21,8 +21,8 @@ import dataclasses
 import numpy as np
 from PIL import Image
 
-from pipeline.bundle import LoadedBundle, load_bundle
-from pipeline.imageio import (
+from filigree.bundle import LoadedBundle, load_bundle
+from filigree.imageio import (
     _raise_block_size,
     _resize_to,
     add_residual,
@@ -32,9 +32,9 @@ from pipeline.imageio import (
     upsample_residual,
     working_view,
 )
-from pipeline.payload import PayloadCodec, ReadResult
-from pipeline.reframe import SearchConfig, centred_framings, framed_tile_views, framed_views, framings
-from pipeline.tiling import decode_grid, decode_tiles, grid_logits, read_views, tile_views, tiled_residual
+from filigree.payload import PayloadCodec, ReadResult
+from filigree.reframe import SearchConfig, centred_framings, framed_tile_views, framed_views, framings
+from filigree.tiling import decode_grid, decode_tiles, grid_logits, read_views, tile_views, tiled_residual
 
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I")
@@ -176,7 +176,7 @@ class Watermarker:
              max_grid: int | None = None) -> "Watermarker":
         """Load a bundle (default: the one shipped with the package) with an optional key."""
         if model_dir is None:
-            from pipeline.resources import bundled_model_dir
+            from filigree.resources import bundled_model_dir
             model_dir = bundled_model_dir()
         bundle = load_bundle(model_dir)
         return cls(bundle, PayloadCodec.from_card(bundle.card.raw, key=key), strength, fpr, max_grid)

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from pipeline.tiling import Tiling
+from filigree.tiling import Tiling
 
 BUNDLE_FORMAT = "filigree-bundle/1"
 COLOR_MODES = ("luma", "rgb")

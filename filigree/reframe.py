@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from pipeline.tiling import READ_SOURCE_SCALE, Tiling, read_views
+from filigree.tiling import READ_SOURCE_SCALE, Tiling, read_views
 
 
 SOURCE_SCALE = 4

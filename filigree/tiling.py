@@ -28,8 +28,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from pipeline.imageio import working_view
-from pipeline.payload import PayloadCodec, ReadResult
+from filigree.imageio import working_view
+from filigree.payload import PayloadCodec, ReadResult
 
 
 @dataclass(frozen=True)
