@@ -15,7 +15,8 @@ class ModelConfig:
     """Embedder/extractor architecture."""
 
     architecture: str = "residual"
-    """`residual` (the Filigree nets) or `seed` (the original 28x28 autoencoder)."""
+    """`residual` (tiled residual nets), `periodic` (a payload tile laid out periodically and
+    read by re-synchronisation, see training/periodic.py) or `seed` (the 28x28 autoencoder)."""
     working_size: int = 64
     """Side S of the square working resolution both networks see."""
     payload_bits: int = 100
@@ -41,6 +42,9 @@ class ModelConfig:
     tile_grid x tile_grid tiles of an image, one working view each (see pipeline/tiling.py)."""
     min_tile: int = 96
     """Smallest tile side, in image pixels, the pipeline marks with (small images get fewer tiles)."""
+    template_weight: float = 0.35
+    """`periodic`: share (as an amplitude, RMS units) of the key-derived sync template in the tile;
+    the generator's payload pattern gets sqrt(1 - weight^2)."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,20 @@ class AttackConfig:
     crop_probability: float = 0.5
     """Share of samples whose extractor view is a random crop of the attacked canvas."""
     crop_min_area: float = 0.7
+    canvas_size: int = 256
+    """`periodic`: side of the training canvases (photo crops) the mark is laid out on."""
+    min_period: float = 40.0
+    """`periodic`: smallest period (canvas pixels) a training sample is marked with ..."""
+    max_period: float = 84.0
+    """... and the largest; `fold_periods` of them must fit the canvas."""
+    fold_periods: int = 3
+    """`periodic`: the reader folds fold_periods x fold_periods periods into one tile."""
+    fold_angle_error: float = 0.5
+    """`periodic`: lattice-estimate rotation error the extractor is trained to tolerate (degrees)."""
+    fold_scale_error: float = 0.005
+    """`periodic`: relative period error the extractor is trained to tolerate."""
+    phase_jitter: float = 1.0
+    """`periodic`: phase error (tile pixels) after template alignment the extractor tolerates."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +114,11 @@ class LossConfig:
     image_weight: float = 0.0
     """Weight of an extra texture-weighted image loss (shapes where the energy goes)."""
     bit_weight: float = 1.0
+    low_frequency_weight: float = 0.0
+    """`periodic`: weight of the payload tile's energy share below `low_frequency_cutoff`
+    (smooth blobs are what the eye sees best)."""
+    low_frequency_cutoff: float = 4.0
+    """Radial frequency, cycles per tile, below which tile energy is penalised."""
 
 
 @dataclass(frozen=True)
@@ -155,6 +178,20 @@ PRESETS: dict[str, TrainConfig] = {
         attacks=AttackConfig(crop_probability=0.0),
         loss=LossConfig(psnr_start=35.0),
         lr_drop_step=4000,
+    ),
+    "periodic": TrainConfig(
+        name="periodic",
+        description="Re-synchronisable mark: a 64 x 64 circular payload tile (128 raw bits) plus a "
+                    "key-derived sync template, laid out periodically under a texture mask; the "
+                    "extractor reads the tile folded over 3 x 3 periods after whitening, with "
+                    "lattice-estimate errors; PSNR adaptive from 36 dB towards 46 dB.",
+        model=ModelConfig(architecture="periodic", working_size=64, payload_bits=128,
+                          embedder_channels=(64, 64, 32, 16), extractor_channels=(32, 64, 64, 128),
+                          texture_mask=0.01),
+        attacks=AttackConfig(start_step=300, ramp_steps=3000),
+        loss=LossConfig(psnr_start=36.0, psnr_final=46.0, psnr_ramp_start=500,
+                        low_frequency_weight=0.1),
+        lr_drop_step=8000,
     ),
     "gpu": TrainConfig(
         name="gpu",

@@ -52,6 +52,36 @@ class ExtractorServing(tf.Module):
         return {"logits": tf.cast(self.logits_fn(image), tf.float32)}
 
 
+class GeneratorServing(tf.Module):
+    """`serving_default(bits [N,L]) -> {"tile": [N,T,T]}`: the periodic layout's payload tile
+    (zero mean, unit RMS, circular)."""
+
+    def __init__(self, tile_fn, tile: int, payload_bits: int, networks: list, target_psnr: float | None = None):
+        super().__init__(name="generator_serving")
+        self.target_psnr = target_psnr
+        self.tile_fn = tile_fn
+        self.networks = networks
+        self.serve = tf.function(
+            self._serve, input_signature=[tf.TensorSpec([None, payload_bits], tf.float32, name="bits")])
+
+    def _serve(self, bits):
+        return {"tile": tf.cast(self.tile_fn(bits), tf.float32)}
+
+
+class TileExtractorServing(tf.Module):
+    """`serving_default(tile [N,T,T]) -> {"logits": [N,L]}`: reads an aligned folded tile."""
+
+    def __init__(self, logits_fn, tile: int, networks: list):
+        super().__init__(name="tile_extractor_serving")
+        self.logits_fn = logits_fn
+        self.networks = networks
+        self.serve = tf.function(
+            self._serve, input_signature=[tf.TensorSpec([None, tile, tile], tf.float32, name="tile")])
+
+    def _serve(self, tile):
+        return {"logits": tf.cast(self.logits_fn(tile), tf.float32)}
+
+
 def model_card(cfg, *, steps: int, wall_time_s: float, metrics: dict, data: str, notes: str = "",
                target_psnr: float | None = None) -> dict:
     """The `model.json` contents for a model trained with `cfg` (a TrainConfig)."""

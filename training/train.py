@@ -48,9 +48,11 @@ def build_task(cfg: TrainConfig):
         return SeedTask(cfg, *load_fashion_mnist(cfg.data))
     from training.data import list_images, load_photos, split_paths
     from training.residual import ResidualTask
+    from training.periodic import PeriodicTask
+    task_class = PeriodicTask if cfg.model.architecture == "periodic" else ResidualTask
     train_paths, val_paths = split_paths(list_images(cfg.data), cfg.validation_fraction)
     print(f"data: {len(train_paths)} training and {len(val_paths)} validation photos from {cfg.data}", flush=True)
-    return ResidualTask(cfg, load_photos(train_paths, cfg.max_photo_side), load_photos(val_paths, cfg.max_photo_side))
+    return task_class(cfg, load_photos(train_paths, cfg.max_photo_side), load_photos(val_paths, cfg.max_photo_side))
 
 
 def pick_strategy() -> tf.distribute.Strategy:
