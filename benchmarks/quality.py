@@ -989,7 +989,7 @@ def main(argv: list[str] | None = None) -> int:
         "peers_requested": peer_specs,
         "peer_subsets": {name: f"{k}/{n}" for name, (k, n) in subsets.items()},
         "peers_note": peers_note,
-        "model": {"dir": args.model or "pipeline/data/model (bundled)", **card},
+        "model": {"dir": args.model or "filigree/data/model (bundled)", **card},
         "host": {"python": platform.python_version(), "machine": platform.machine(),
                  "cpus": os.cpu_count(), "loadavg_start": load_start,
                  "loadavg_end": _loadavg()},

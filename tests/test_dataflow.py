@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "dataflow.md"
 README = ROOT / "README.md"
 METADATA = ROOT / "pipeline" / "flex_template.json"
-DATA = ROOT / "pipeline" / "data"
+DATA = ROOT / "filigree" / "data"
 
 # Values that stand in for the shell variables of docs/dataflow.md.
 PROJECT = "filigree-test"
