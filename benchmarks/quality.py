@@ -31,7 +31,7 @@ For every photo in DIR (sorted by name; EXIF orientation applied, converted to 8
    and the smallest p-value seen. The informed read against the payload the photo was given, and
    the peers' decoders against theirs, are reported alongside.
 
-PSNR and SSIM (`pipeline.imageio.psnr` / `ssim`: 8-bit RGB PSNR, SSIM of BT.601 luma) compare
+PSNR and SSIM (`filigree.imaging.metrics.psnr` / `ssim`: 8-bit RGB PSNR, SSIM of BT.601 luma) compare
 each marked image with its original. Times are wall-clock seconds of the embed / extract call
 per megapixel of the photo (the extract time is the blind read of the clean PNG); the first
 call of each method is run once beforehand on a small image so graph tracing and model loading
@@ -77,7 +77,7 @@ if str(REPO) not in sys.path:  # `python benchmarks/quality.py` without PYTHONPA
     sys.path.insert(0, str(REPO))
 
 from filigree.attacks import DEFAULT_SUITE_SPEC, Attack, parse_suite  # noqa: E402
-from filigree.imageio import psnr, ssim  # noqa: E402
+from filigree.imaging.metrics import psnr, ssim  # noqa: E402
 from filigree.payload import binomial_tail, format_payload, resolve_key  # noqa: E402
 
 DEFAULT_ATTACKS = "none," + DEFAULT_SUITE_SPEC

@@ -215,11 +215,11 @@ def run_pipeline_step(wm, data: bytes, out: Path) -> Stages:
     """The pipeline's per-image work without Beam (Prepare + MarkAndWrite with --verify clean):
     decode into a DecodedImage, view, embed, mark, encode with metadata, write, decode the
     written bytes again, PSNR against the source and the read-back view."""
-    from filigree import imageio
+    from filigree.imaging import decode, encode, metrics
     from filigree.watermarker import mark_pixels
     t = Stages()
     with t("decode"):
-        decoded = imageio.decode_image(data)
+        decoded = decode.decode_image(data)
     with t("resize"):
         views = _tiles(wm, decoded.pixels)
     with t("inference"):
@@ -227,13 +227,13 @@ def run_pipeline_step(wm, data: bytes, out: Path) -> Stages:
     with t("upsample+add"):
         marked = mark_pixels(decoded.pixels, residual, wm.strength)
     with t("encode"):
-        encoded = imageio.encode_image(decoded, marked, jpeg_quality=OUTPUT_QUALITY)
+        encoded = encode.encode_image(decoded, marked, jpeg_quality=OUTPUT_QUALITY)
         del marked
     with t("write"):
         _write(out, encoded)
     with t("verify"):
-        written = imageio.decode_image(encoded)
-        imageio.psnr(decoded.pixels, written.pixels, data_range=decoded.maxval)
+        written = decode.decode_image(encoded)
+        metrics.psnr(decoded.pixels, written.pixels, data_range=decoded.maxval)
         _tiles(wm, written.pixels)  # the grid it was marked with, as MarkAndWrite
     return t
 
@@ -379,15 +379,15 @@ def _memory_action(kind: str, wm, sub: str, out: Path, workdir: str):
 def mark_and_write(wm, data: bytes):
     """The pipeline's per-image work without Beam: decode, view, embed, mark, encode, decode
     the written bytes again, PSNR against the source, read-back view (transforms.MarkAndWrite)."""
-    from filigree import imageio
+    from filigree.imaging import decode, encode, metrics
     from filigree.watermarker import mark_pixels
-    decoded = imageio.decode_image(data)
+    decoded = decode.decode_image(data)
     residual = _tiled_inference(wm, _tiles(wm, decoded.pixels))
     marked = mark_pixels(decoded.pixels, residual, wm.strength)
-    encoded = imageio.encode_image(decoded, marked)
+    encoded = encode.encode_image(decoded, marked)
     del marked
-    written = imageio.decode_image(encoded)
-    imageio.psnr(decoded.pixels, written.pixels, data_range=decoded.maxval)
+    written = decode.decode_image(encoded)
+    metrics.psnr(decoded.pixels, written.pixels, data_range=decoded.maxval)
     return _tiles(wm, written.pixels)
 
 

@@ -8,7 +8,7 @@
 The residual trick: the image is resized to the model's working size, the embedder predicts a
 residual there, and only the residual is upsampled to the image's own size and added. The
 full-resolution work (upsampling, adding, rounding, clipping) runs on the image's own 8- or
-16-bit pixels in small row tiles (`imageio.add_residual`), reading Pillow's memory and writing
+16-bit pixels in small row tiles (`kernels.add_residual`), reading Pillow's memory and writing
 the returned image's memory without intermediate copies: a marked pixel is
 `clip(pixel + floor(strength * maxval * upsampled_residual + 0.5))`. The Beam pipeline uses the
 same functions, with batched inference.
@@ -22,16 +22,8 @@ import numpy as np
 from PIL import Image
 
 from filigree.bundle import LoadedBundle, load_bundle
-from filigree.imageio import (
-    _raise_block_size,
-    _resize_to,
-    add_residual,
-    pil_image,
-    pixel_view,
-    to_working_size,
-    upsample_residual,
-    working_view,
-)
+from filigree.imaging.kernels import add_residual, resize_to, to_working_size, upsample_residual, working_view
+from filigree.imaging.pixels import pil_image, pixel_view, raise_block_size
 from filigree.payload import PayloadCodec, ReadResult
 from filigree.reframe import SearchConfig, centred_framings, framed_tile_views, framed_views, framings
 from filigree.tiling import decode_grid, decode_tiles, grid_logits, read_views, tile_views, tiled_residual
@@ -101,7 +93,7 @@ def _rgbx_view(image: Image.Image) -> np.ndarray:
     view = pixel_view(image)
     if view is None:
         width, height = image.size
-        _raise_block_size(width * height * 4)
+        raise_block_size(width * height * 4)
         view = pixel_view(image.copy())
     if view is None:  # no Arrow support: pad a copy to the same layout
         values = np.asarray(image.convert("RGBA"))
@@ -298,7 +290,7 @@ class Watermarker:
         from Pillow's memory for RGB and L images; equal to `working_view` of its pixels)."""
         size = self.working_size
         if image.mode in ("RGB", "L"):
-            small = np.asarray(_resize_to(image, size))
+            small = np.asarray(resize_to(image, size))
             if image.mode == "L":
                 small = np.repeat(small[..., None], 3, axis=2)
             return np.divide(small, np.float32(255), dtype=np.float32)

@@ -29,7 +29,7 @@ import apache_beam as beam
 import numpy as np
 from PIL import Image, ImageOps
 
-from filigree.imageio import read_bytes, write_atomically
+from pipeline.storage import read_bytes, write_atomically
 
 __all__ = [
     "PSNR_HIST_HI",

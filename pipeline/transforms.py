@@ -61,10 +61,12 @@ from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 from PIL import Image
 
-from filigree import imageio
+from filigree.imaging import decode, encode, metrics
+from filigree.imaging.pixels import pil_image, to_uint8
 from filigree.attacks import parse_suite
 from filigree.bundle import ModelCard
 from pipeline.manifest import InputSpec, ManifestRow, has_scheme, is_image_name, normalize, read_manifest, relative_to
+from pipeline import storage
 from pipeline.options import RunConfig
 from filigree.payload import PayloadCodec, PayloadError, ReadResult, format_payload
 from filigree.reframe import SearchConfig, search_source
@@ -127,7 +129,7 @@ class Item:
 
     job: Job
     record: dict
-    decoded: imageio.DecodedImage | None = None
+    decoded: decode.DecodedImage | None = None
     bits: np.ndarray | None = None
     views: dict[str, np.ndarray] = field(default_factory=dict)
     """Per view name, its working-size tiles [N, S, S, 3] (see `pipeline.tiling`): the tiles of
@@ -161,12 +163,12 @@ def plan_jobs(key: str, grouped: dict, cfg: RunConfig, root: str) -> Iterator[Jo
 
 def output_relative(root: str, path: str) -> str:
     """Relative output path of `path`: its path below `root`, else `_external/<full path>`
-    (never absolute, never with `..`; see `imageio.safe_relative_output`)."""
+    (never absolute, never with `..`; see `storage.safe_relative_output`)."""
     relative = relative_to(root, path)
     if relative and ".." not in relative.split("/") and not relative.startswith("/"):
         return relative
     try:
-        return imageio.safe_relative_output(root, path)
+        return storage.safe_relative_output(root, path)
     except ValueError:
         return "_external/unnamed"
 
@@ -305,13 +307,13 @@ def with_retries(action, what: str, attempts: int | None = None):
     raise AssertionError("unreachable")
 
 
-def decode_with_timeout(data: bytes, max_pixels: int, timeout_s: float) -> imageio.DecodedImage:
+def decode_with_timeout(data: bytes, max_pixels: int, timeout_s: float) -> decode.DecodedImage:
     """Decode in a worker thread; give up (ImageDecodeError 'timeout') after `timeout_s`."""
     result: dict[str, Any] = {}
 
     def work():
         try:
-            result["image"] = imageio.decode_image(data, max_pixels=max_pixels)
+            result["image"] = decode.decode_image(data, max_pixels=max_pixels)
         except BaseException as exc:  # noqa: BLE001 - handed back to the caller below
             result["error"] = exc
 
@@ -319,7 +321,7 @@ def decode_with_timeout(data: bytes, max_pixels: int, timeout_s: float) -> image
     thread.start()
     thread.join(timeout_s)
     if thread.is_alive():
-        raise imageio.ImageDecodeError("timeout", f"decoding took longer than {timeout_s:g} s")
+        raise decode.ImageDecodeError("timeout", f"decoding took longer than {timeout_s:g} s")
     if "error" in result:
         raise result["error"]
     return result["image"]
@@ -377,7 +379,7 @@ class Prepare(beam.DoFn):
     @staticmethod
     def _read(path: str) -> bytes:
         try:
-            return with_retries(lambda: imageio.read_bytes(path), "reading an image")
+            return with_retries(lambda: storage.read_bytes(path), "reading an image")
         except FileNotFoundError:
             raise _Failure("not_found", "image file not found") from None
         except IsADirectoryError:
@@ -387,10 +389,10 @@ class Prepare(beam.DoFn):
             code = "not_found" if "not found" in message.lower() or "no such file" in message.lower() else "read_error"
             raise _Failure(code, f"cannot read image: {message[:300]}") from None
 
-    def _decode(self, data: bytes) -> imageio.DecodedImage:
+    def _decode(self, data: bytes) -> decode.DecodedImage:
         try:
             return decode_with_timeout(data, self.cfg.max_pixels, self.cfg.decode_timeout_s)
-        except imageio.ImageDecodeError as exc:
+        except decode.ImageDecodeError as exc:
             raise _Failure(exc.code, str(exc)) from None
         except MemoryError:
             raise _Failure("too_large", "not enough memory to decode this image") from None
@@ -581,7 +583,7 @@ class MarkAndWrite(beam.DoFn):
             except Exception as exc:  # noqa: BLE001 - this image's failure, reported in its record
                 raise _Failure("encode_failed", f"cannot mark or encode: {type(exc).__name__}: {exc}"[:500]) from None
             try:
-                with_retries(lambda: imageio.write_atomically(target, data), "writing a marked image")
+                with_retries(lambda: storage.write_atomically(target, data), "writing a marked image")
             except Exception as exc:  # noqa: BLE001 - this image's failure, reported in its record
                 message = f"cannot write the marked image: {type(exc).__name__}: {exc}"
                 raise _Failure("write_failed", message[:500]) from None
@@ -601,17 +603,17 @@ class MarkAndWrite(beam.DoFn):
             return
         yield path, Item(item.job, record, None, None, views, sources, grid=grid)
 
-    def _mark(self, decoded: imageio.DecodedImage, residual: np.ndarray, path: str, grid: int):
+    def _mark(self, decoded: decode.DecodedImage, residual: np.ndarray, path: str, grid: int):
         """(encoded bytes, PSNR, read-back views, their search copies). Works on the native pixels: the marked
         copy is the only other full-size array, and it is dropped once encoded; the written
         bytes are decoded again (the file is what gets verified) and compared row tile by row
         tile with the source."""
         cfg = self.cfg
         marked = mark_pixels(decoded.pixels, residual, self.strength)
-        data = imageio.encode_image(decoded, marked, jpeg_quality=cfg.jpeg_quality)
+        data = encode.encode_image(decoded, marked, jpeg_quality=cfg.jpeg_quality)
         del marked
-        written = imageio.decode_image(data, max_pixels=max(cfg.max_pixels, decoded.width * decoded.height))
-        psnr = round(float(imageio.psnr(decoded.pixels, written.pixels, data_range=decoded.maxval)), 3)
+        written = decode.decode_image(data, max_pixels=max(cfg.max_pixels, decoded.width * decoded.height))
+        psnr = round(float(metrics.psnr(decoded.pixels, written.pixels, data_range=decoded.maxval)), 3)
         views: dict[str, np.ndarray] = {}
         sources: dict[str, np.ndarray] | None = {} if cfg.reframe else None
         if cfg.verify != "none":
@@ -630,7 +632,7 @@ def seed_for(path: str, seed: int) -> int:
 
 def search_copy(pixels: np.ndarray, working_size: int, tiling: Tiling = Tiling()) -> np.ndarray:
     """The small RGB copy a re-framing search reads (see `pipeline.reframe.search_source`)."""
-    return np.asarray(search_source(imageio.pil_image(imageio.to_uint8(pixels)), working_size, tiling))
+    return np.asarray(search_source(pil_image(to_uint8(pixels)), working_size, tiling))
 
 
 def attacked_views(pixels: np.ndarray, suite, working_size: int, seed: int,
@@ -644,7 +646,7 @@ def attacked_views(pixels: np.ndarray, suite, working_size: int, seed: int,
     if np.issubdtype(pixels.dtype, np.floating):
         image = Image.fromarray(np.rint(np.clip(pixels, 0, 1) * 255.0).astype(np.uint8), "RGB")
     else:
-        image = imageio.pil_image(imageio.to_uint8(pixels))
+        image = pil_image(to_uint8(pixels))
         if image.mode != "RGB":
             image = image.convert("RGB")
     views = {}

@@ -107,7 +107,7 @@ def test_every_package_is_shipped(distribution):
     # The library (filigree, with its subpackages), the Beam job and the training job.
     on_disk = {".".join(p.parent.relative_to(ROOT).parts)
                for top in ("filigree", "pipeline", "training") for p in (ROOT / top).rglob("__init__.py")}
-    assert {"filigree", "pipeline", "training"} <= on_disk
+    assert {"filigree", "filigree.imaging", "pipeline", "training"} <= on_disk
     assert on_disk - set(distribution.packages) == set()
 
 

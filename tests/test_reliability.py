@@ -27,8 +27,8 @@ from PIL import Image
 
 from imagefiles import encoded as _save, srgb_icc as _srgb_icc
 from reports import read_records, read_summary
-from filigree import imageio
-from pipeline import transforms
+from filigree.imaging import decode, encode
+from pipeline import storage, transforms
 from pipeline.transforms import UNCHANGED_NOTE
 from pipeline.run import main
 
@@ -519,7 +519,7 @@ def test_failed_step_then_rerun_leaves_exactly_one_correct_output(small_folder, 
     class Crash(BaseException):
         pass
 
-    real_write = imageio.write_atomically
+    real_write = storage.write_atomically
     attempts = {"n": 0}
 
     def crash_once(path, data):
@@ -529,7 +529,7 @@ def test_failed_step_then_rerun_leaves_exactly_one_correct_output(small_folder, 
                 raise Crash("worker died")
         return real_write(path, data)
 
-    monkeypatch.setattr(imageio, "write_atomically", crash_once)
+    monkeypatch.setattr(storage, "write_atomically", crash_once)
     with pytest.raises(BaseException):
         main(["--input", str(small_folder), "--payload", "1", "--output", str(out), "--verify", "none"])
     assert not [p for p in tree(tmp_path) if p.endswith(".tmp")]
@@ -545,14 +545,14 @@ def test_unexpected_exceptions_become_error_records(small_folder, tmp_path, monk
     """An encoder failure on one image (handled by the step) and an exception escaping the step
     on another (a dead letter): every image still gets exactly one record with a code, no file is
     written for either, and the job finishes."""
-    real_encode = imageio.encode_image
+    real_encode = encode.encode_image
 
     def failing_encode(decoded, rgb, **kwargs):
         if decoded.format == "JPEG":  # b.jpg only
             raise RuntimeError("injected encoder failure")
         return real_encode(decoded, rgb, **kwargs)
 
-    monkeypatch.setattr(imageio, "encode_image", failing_encode)
+    monkeypatch.setattr(encode, "encode_image", failing_encode)
     escaping = _raise_outside_handlers(transforms.MarkAndWrite.process, "a.png")
     monkeypatch.setattr(transforms.MarkAndWrite, "process", escaping)
     out = tmp_path / "out"
@@ -600,9 +600,9 @@ def test_pathological_decode_times_out(monkeypatch):
     def slow(data, max_pixels):
         time.sleep(5)
 
-    monkeypatch.setattr(imageio, "decode_image", slow)
+    monkeypatch.setattr(decode, "decode_image", slow)
     started = time.monotonic()
-    with pytest.raises(imageio.ImageDecodeError) as info:
+    with pytest.raises(decode.ImageDecodeError) as info:
         transforms.decode_with_timeout(b"x", 10, 0.2)
     assert info.value.code == "timeout"
     assert time.monotonic() - started < 2
@@ -612,14 +612,14 @@ def test_bomb_is_refused_from_the_header_without_allocating():
     import resource
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.monotonic()
-    with pytest.raises(imageio.ImageDecodeError) as info:
-        imageio.decode_image(_bomb_png())
+    with pytest.raises(decode.ImageDecodeError) as info:
+        decode.decode_image(_bomb_png())
     assert info.value.code == "too_large"
     assert time.monotonic() - started < 1
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50_000  # KiB
     # the limit is configurable (--max_pixels): a small image above it is refused the same way
-    with pytest.raises(imageio.ImageDecodeError) as info:
-        imageio.decode_image(_save(_rgb(24, 32), "PNG"), max_pixels=24 * 32 - 1)
+    with pytest.raises(decode.ImageDecodeError) as info:
+        decode.decode_image(_save(_rgb(24, 32), "PNG"), max_pixels=24 * 32 - 1)
     assert info.value.code == "too_large"
 
 
