@@ -378,7 +378,7 @@ def _memory_action(kind: str, wm, sub: str, out: Path, workdir: str):
 
 def mark_and_write(wm, data: bytes):
     """The pipeline's per-image work without Beam: decode, view, embed, mark, encode, decode
-    the written bytes again, PSNR against the source, read-back view (transforms.MarkAndWrite)."""
+    the written bytes again, PSNR against the source, read-back view (pipeline.marking.MarkAndWrite)."""
     from filigree.imaging import decode, encode, metrics
     from filigree.watermarker import mark_pixels
     decoded = decode.decode_image(data)

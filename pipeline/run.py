@@ -39,7 +39,7 @@ from filigree.bundle import BundleError, ModelCard, read_card  # noqa: E402
 from pipeline.manifest import InputSpec, check_manifest_header, describe_input, has_scheme  # noqa: E402
 from pipeline.options import RunConfig, parse_run_args  # noqa: E402
 from filigree.payload import PayloadCodec, PayloadError  # noqa: E402
-from pipeline.transforms import Watermark  # noqa: E402
+from pipeline.graph import Watermark  # noqa: E402
 
 
 def resolve_input(path: str) -> InputSpec:

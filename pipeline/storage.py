@@ -1,13 +1,18 @@
-"""Storage for the job: whole-file reads, atomic writes, and output paths that cannot escape
-their folder. Everything goes through Beam's ``FileSystems`` (local paths and gs:// alike)."""
+"""Storage for the job: whole-file reads, atomic writes, bounded retries of transient I/O errors,
+and output paths that cannot escape their folder. Everything goes through Beam's ``FileSystems``
+(local paths and gs:// alike)."""
 
 from __future__ import annotations
 
+import logging
 import mimetypes
 import os
 import posixpath
 import re
+import time
 import uuid
+
+LOG = logging.getLogger("filigree")
 
 def read_bytes(path: str) -> bytes:
     """Read a whole file through Beam's ``FileSystems`` (no decompression by extension)."""
@@ -112,3 +117,41 @@ def _path_parts(path: str) -> tuple[str | None, bool, list[str]]:
             continue
         parts.append(part)
     return scheme, absolute, parts
+
+
+IO_ATTEMPTS = 3
+"""Tries of one read or write before the image gets an error record."""
+RETRY_DELAYS_S = (0.5, 2.0)
+"""Pause before the 2nd, 3rd... try."""
+PERMANENT_IO_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
+                       ValueError, TypeError, MemoryError)
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """Errors that a retry cannot cure: missing files, permissions, bad arguments (including
+    storage clients' not-found/forbidden errors, recognised by name, HTTP code or message)."""
+    if isinstance(exc, PERMANENT_IO_ERRORS):
+        return True
+    if type(exc).__name__ in ("NotFound", "Forbidden", "Unauthorized", "BadRequest"):
+        return True
+    if getattr(exc, "code", None) in (400, 401, 403, 404):
+        return True
+    message = str(exc).lower()
+    return "not found" in message or "no such file" in message or "not exist" in message
+
+
+def with_retries(action, what: str, attempts: int | None = None):
+    """`action()`, retried on transient errors (anything `is_permanent` does not name) up to
+    `IO_ATTEMPTS` tries; the last error is raised. Only what was being done is logged."""
+    attempts = IO_ATTEMPTS if attempts is None else attempts
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except Exception as exc:  # noqa: BLE001 - a transient failure of storage is retried
+            if attempt >= attempts or is_permanent(exc):
+                raise
+            delay = RETRY_DELAYS_S[min(attempt - 1, len(RETRY_DELAYS_S) - 1)] if RETRY_DELAYS_S else 0.0
+            LOG.warning("%s failed (%s), try %d of %d in %.1f s", what, type(exc).__name__,
+                        attempt + 1, attempts, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
