@@ -98,7 +98,7 @@ def gcs_bucket(gcs_server):
 
 @pytest.fixture(scope="session")
 def load_benchmark():
-    """Loads a script from benchmarks/ (not a package) as a module: `load_benchmark("quality")`."""
+    """Loads a benchmark script from benchmarks/ as a module: `load_benchmark("quality")`."""
     import importlib.util
     from pathlib import Path
 
