@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     parser.add_argument("--reframe", action="store_true",
                         help="Filigree reads that find no mark search for a crop of the marked "
-                             "frame (pipeline/reframe.py; its p-value pays for every framing tried)")
+                             "frame (filigree/reframe.py; its p-value pays for every framing tried)")
     parser.add_argument("--shard", default=None, metavar="K/N",
                         help="only photos with index %% N == K, into the cache, no report: run "
                              "N shards in parallel, then once without --shard to write the report")

@@ -1,6 +1,6 @@
 """`Watermarker`: embed payloads into images and read them back, at native resolution.
 
-    from pipeline import Watermarker
+    from filigree import Watermarker
     wm = Watermarker.load()                     # the bundled model, the default key
     marked = wm.embed(image, "0123456789abc")   # PIL image in, PIL image out (same size)
     result = wm.extract(marked)                 # result.payload, .detected, .p_value, .ber
@@ -194,7 +194,7 @@ class Watermarker:
     def residual(self, pixels: np.ndarray, bits: np.ndarray) -> np.ndarray:
         """The residual [g*S, g*S, C] of an image (native pixels or float RGB) for raw bits [L]:
         one embedder call per tile of the image's grid, laid out as the grid and amplified by
-        its gain (see `pipeline.tiling`)."""
+        its gain (see `filigree.tiling`)."""
         height, width = pixels.shape[:2]
         views = tile_views(pixels, self.tiling.grid_for(height, width, self.max_grid), self.working_size)
         return tiled_residual(self.residuals(views, np.repeat(bits[None], len(views), axis=0)), self.tiling)
@@ -238,7 +238,7 @@ class Watermarker:
                 reframe: SearchConfig | None = None) -> ReadResult:
         """Read the payload: `payload` (None if unreadable), `detected`, `p_value`, and `ber`
         against `expected` when given. With `reframe`, an image whose straight read is not
-        detected is searched for a crop of the marked frame (see `pipeline.reframe`)."""
+        detected is searched for a crop of the marked frame (see `filigree.reframe`)."""
         if self.tiling.max_grid == 1:
             straight = self.codec.decode(self.logits(self.view(image)[None])[0], expected=expected, fpr=self.fpr)
         else:
@@ -251,7 +251,7 @@ class Watermarker:
                config: SearchConfig) -> ReadResult:
         """The re-framing search after a straight read that found nothing: the best framing
         if it is detected (its p-value counts the straight read as one more hypothesis),
-        else the straight read. A tiled bundle searches centred crops only (see `pipeline.reframe`)."""
+        else the straight read. A tiled bundle searches centred crops only (see `filigree.reframe`)."""
         if self.tiling.max_grid > 1:
             return self._search_tiles(image, straight, expected, config)
         candidates = framings(config)

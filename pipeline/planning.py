@@ -37,13 +37,13 @@ class Item:
     decoded: decode.DecodedImage | None = None
     bits: np.ndarray | None = None
     views: dict[str, np.ndarray] = field(default_factory=dict)
-    """Per view name, its working-size tiles [N, S, S, 3] (see `pipeline.tiling`): the tiles of
+    """Per view name, its working-size tiles [N, S, S, 3] (see `filigree.tiling`): the tiles of
     the image's grid for the embedder, every tile of every grid a reader tries for the extractor."""
     sources: dict[str, np.ndarray] = field(default_factory=dict)
     """With --reframe: per view, a small RGB copy of its image for a re-framing search."""
     grid: int | None = None
     """Verification of a marked image: the grid it was marked with, the only one its views
-    hold (see `pipeline.tiling.decode_grid`); None: every grid a reader tries."""
+    hold (see `filigree.tiling.decode_grid`); None: every grid a reader tries."""
 
 
 def plan_jobs(key: str, grouped: dict, cfg: RunConfig, root: str) -> Iterator[Job | dict]:

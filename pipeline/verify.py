@@ -28,7 +28,7 @@ def seed_for(path: str, seed: int) -> int:
 
 
 def search_copy(pixels: np.ndarray, working_size: int, tiling: Tiling = Tiling()) -> np.ndarray:
-    """The small RGB copy a re-framing search reads (see `pipeline.reframe.search_source`)."""
+    """The small RGB copy a re-framing search reads (see `filigree.reframe.search_source`)."""
     return np.asarray(search_source(pil_image(to_uint8(pixels)), working_size, tiling))
 
 

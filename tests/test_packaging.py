@@ -111,6 +111,16 @@ def test_every_package_is_shipped(distribution):
     assert on_disk - set(distribution.packages) == set()
 
 
+def test_architecture_doc_names_every_module():
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    for top in ("filigree", "pipeline", "training"):
+        for path in sorted((ROOT / top).rglob("*.py")):
+            if "data" in path.relative_to(ROOT).parts:
+                continue
+            relative = path.relative_to(ROOT / top).as_posix()
+            assert f"`{relative}`" in text, f"docs/architecture.md does not name {top}/{relative}"
+
+
 def test_package_data_covers_everything_under_filigree_data(shipped_data):
     on_disk = {p.resolve() for p in DATA.rglob("*")
                if p.is_file() and "__pycache__" not in p.parts}

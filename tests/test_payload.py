@@ -1,4 +1,4 @@
-"""Tests for pipeline.payload: syntax, BCH, scrambling, codec round trips and statistics."""
+"""Tests for filigree.payload: syntax, BCH, scrambling, codec round trips and statistics."""
 
 from __future__ import annotations
 
