@@ -149,6 +149,45 @@ _SEARCH_BATCH = 256
 """Framings read per extractor call in a re-framing search."""
 
 
+def search_config(reframe: SearchConfig | bool | None) -> SearchConfig | None:
+    """The search a `reframe` argument asks for: None/False none, True the default one."""
+    if reframe is None or reframe is False:
+        return None
+    if reframe is True:
+        return SearchConfig()
+    if isinstance(reframe, SearchConfig):
+        return reframe
+    raise TypeError(f"reframe must be a bool, a SearchConfig or None, not {type(reframe).__name__}")
+
+
+def _better(straight: ReadResult, searched: ReadResult) -> ReadResult:
+    """The search's read when it is detected and adds to the straight read (which found no mark,
+    or an informed mark without its payload), else the straight read."""
+    if searched.detected and (not straight.detected or searched.decoded is not None):
+        return searched
+    return straight
+
+
+def _number(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
+    return float(value)
+
+
+def _positive(name: str, value) -> float:
+    value = _number(name, value)
+    if not (np.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive finite number, got {value}")
+    return value
+
+
+def _fpr(value) -> float:
+    value = _number("fpr", value)
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"fpr must be in (0, 1], got {value}")
+    return value
+
+
 class Watermarker:
     """A loaded model bundle plus a payload codec (error correction and key)."""
 
@@ -156,9 +195,14 @@ class Watermarker:
                  fpr: float = 1e-6, max_grid: int | None = None):
         self.bundle = bundle
         self.codec = codec
-        self.strength = bundle.card.default_strength if strength is None else float(strength)
-        self.fpr = fpr
+        self.strength = bundle.card.default_strength if strength is None else _positive("strength", strength)
+        self.fpr = _fpr(fpr)
+        """Target false-positive rate of `ReadResult.detected`, in (0, 1]."""
         self.tiling = bundle.card.tiling
+        if max_grid is not None and (isinstance(max_grid, bool) or not isinstance(max_grid, (int, np.integer))):
+            raise TypeError(f"max_grid must be an int or None, not {type(max_grid).__name__}")
+        if max_grid is not None and max_grid < 1:
+            raise ValueError(f"max_grid must be >= 1, got {max_grid}")
         self.max_grid = max_grid
         """Mark on at most this many tiles a side (None: the card's); reads are unaffected."""
 
@@ -235,25 +279,32 @@ class Watermarker:
         return pixels_to_image(self.embed_pixels(pixels, payload), alpha, mode)
 
     def extract(self, image: Image.Image, expected: str | int | None = None,
-                reframe: SearchConfig | None = None) -> ReadResult:
-        """Read the payload: `payload` (None if unreadable), `detected`, `p_value`, and `ber`
-        against `expected` when given. With `reframe`, an image whose straight read is not
-        detected is searched for a crop of the marked frame (see `filigree.reframe`)."""
+                reframe: SearchConfig | bool | None = None) -> ReadResult:
+        """Read a PIL image: `payload`/`decoded`, `detected`, `p_value` at this Watermarker's
+        `fpr`, and `ber`/`match` against `expected` when given (`ReadResult` says what each
+        promises). `reframe` (True, or a `SearchConfig`; None/False: off): a read that is not
+        conclusive (detected with its payload decoded) searches for a crop of the marked frame
+        (see `filigree.reframe`). Raises TypeError for a non-image or a bad `reframe`,
+        `PayloadError` (a ValueError) for an expected payload that does not fit."""
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"image must be a PIL.Image.Image, not {type(image).__name__}")
+        config = search_config(reframe)
         if self.tiling.max_grid == 1:
             straight = self.codec.decode(self.logits(self.view(image)[None])[0], expected=expected, fpr=self.fpr)
         else:
             straight = self.read_pixels(image_pixels(image)[0], expected)
-        if reframe is None or straight.detected:
+        if config is None or straight.conclusive:
             return straight
-        return self.search(image, straight, expected, reframe)
+        return self.search(image, straight, expected, config)
 
     def search(self, image: Image.Image, straight: ReadResult, expected: str | int | None,
                config: SearchConfig) -> ReadResult:
-        """The re-framing search after a straight read that found nothing: the best framing
-        if it is detected (its p-value counts the straight read as one more hypothesis),
-        else the straight read. A tiled bundle searches centred crops only (see `filigree.reframe`)."""
+        """The re-framing search after a straight read that is not conclusive: the best framing
+        when it is detected and adds to the straight read (its p-value counts the straight
+        read's hypotheses too), else the straight read. A tiled bundle searches centred crops
+        only (see `filigree.reframe`)."""
         if self.tiling.max_grid > 1:
-            return self._search_tiles(image, straight, expected, config)
+            return _better(straight, self._search_tiles(image, straight, expected, config))
         candidates = framings(config)
         views = framed_views(image, candidates, self.working_size)
         logits = np.concatenate([self.logits(views[i:i + _SEARCH_BATCH])
@@ -262,7 +313,7 @@ class Watermarker:
                                             tried=len(candidates) + 1)
         if not read.detected:
             return straight
-        return dataclasses.replace(read, framing=candidates[best].to_dict())
+        return _better(straight, dataclasses.replace(read, framing=candidates[best].to_dict()))
 
     def _search_tiles(self, image: Image.Image, straight: ReadResult, expected: str | int | None,
                       config: SearchConfig) -> ReadResult:
@@ -299,4 +350,4 @@ class Watermarker:
 
 
 __all__ = ["Watermarker", "apply_residual", "image_pixels", "mark_pixels", "pil_to_rgb",
-           "pixels_to_image", "rgb_to_pil", "to_working_size"]
+           "pixels_to_image", "rgb_to_pil", "search_config", "to_working_size"]

@@ -81,7 +81,7 @@ class ReadBack(beam.DoFn):
         else:
             read = decode_grid(self.codec, logits, item.grid, self.tiling, expected, self.fpr)
         source = item.sources.get(name)
-        if self.watermarker is None or read.detected or source is None:
+        if self.watermarker is None or read.conclusive or source is None:
             return read
         self.searched_counter.inc()
         return self.watermarker.search(Image.fromarray(source), read, expected, SearchConfig())

@@ -106,6 +106,7 @@ def load_benchmark():
         path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
         spec = importlib.util.spec_from_file_location(f"{name}_bench", path)
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up there
         spec.loader.exec_module(module)
         return module
 
