@@ -46,7 +46,7 @@ EXTRAS_REQUIRE = {
 # Model bundle (model.json, embedder/ and extractor/ SavedModels with variables/) and sample
 # photos. `**` is recursive (setuptools >= 62.3); directories themselves are skipped.
 PACKAGE_DATA = {
-    "pipeline": [
+    "filigree": [
         "data/model/**",
         "data/samples/*",
     ],

@@ -47,7 +47,6 @@ import io
 import json
 import math
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -65,11 +64,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import machine_state  # noqa: E402
+from benchmarks.throughput_report import fmt_ms, print_report, print_stages, print_targets  # noqa: E402
+
 SIZES_MP = (0.3, 2.0, 12.0, 48.0)
 SEED_PHOTO = "opencv_aloeL.jpg"
 PAYLOAD = "0123456789abc"
 OUTPUT_QUALITY = 95
-TARGETS = {"embed": (1.5, 2.0), "extract": 1.0, "peer_speedup": 10.0, "memory": 4.0}
 PEERS_DEFAULT = ("dwtDct", "dwtDctSvd")
 PEER_TIME_BUDGET_S = 240.0  # skip a peer on larger photos once one call takes this long
 
@@ -215,11 +216,11 @@ def run_pipeline_step(wm, data: bytes, out: Path) -> Stages:
     """The pipeline's per-image work without Beam (Prepare + MarkAndWrite with --verify clean):
     decode into a DecodedImage, view, embed, mark, encode with metadata, write, decode the
     written bytes again, PSNR against the source and the read-back view."""
-    from filigree import imageio
+    from filigree.imaging import decode, encode, metrics
     from filigree.watermarker import mark_pixels
     t = Stages()
     with t("decode"):
-        decoded = imageio.decode_image(data)
+        decoded = decode.decode_image(data)
     with t("resize"):
         views = _tiles(wm, decoded.pixels)
     with t("inference"):
@@ -227,13 +228,13 @@ def run_pipeline_step(wm, data: bytes, out: Path) -> Stages:
     with t("upsample+add"):
         marked = mark_pixels(decoded.pixels, residual, wm.strength)
     with t("encode"):
-        encoded = imageio.encode_image(decoded, marked, jpeg_quality=OUTPUT_QUALITY)
+        encoded = encode.encode_image(decoded, marked, jpeg_quality=OUTPUT_QUALITY)
         del marked
     with t("write"):
         _write(out, encoded)
     with t("verify"):
-        written = imageio.decode_image(encoded)
-        imageio.psnr(decoded.pixels, written.pixels, data_range=decoded.maxval)
+        written = decode.decode_image(encoded)
+        metrics.psnr(decoded.pixels, written.pixels, data_range=decoded.maxval)
         _tiles(wm, written.pixels)  # the grid it was marked with, as MarkAndWrite
     return t
 
@@ -378,16 +379,16 @@ def _memory_action(kind: str, wm, sub: str, out: Path, workdir: str):
 
 def mark_and_write(wm, data: bytes):
     """The pipeline's per-image work without Beam: decode, view, embed, mark, encode, decode
-    the written bytes again, PSNR against the source, read-back view (transforms.MarkAndWrite)."""
-    from filigree import imageio
+    the written bytes again, PSNR against the source, read-back view (pipeline.marking.MarkAndWrite)."""
+    from filigree.imaging import decode, encode, metrics
     from filigree.watermarker import mark_pixels
-    decoded = imageio.decode_image(data)
+    decoded = decode.decode_image(data)
     residual = _tiled_inference(wm, _tiles(wm, decoded.pixels))
     marked = mark_pixels(decoded.pixels, residual, wm.strength)
-    encoded = imageio.encode_image(decoded, marked)
+    encoded = encode.encode_image(decoded, marked)
     del marked
-    written = imageio.decode_image(encoded)
-    imageio.psnr(decoded.pixels, written.pixels, data_range=decoded.maxval)
+    written = decode.decode_image(encoded)
+    metrics.psnr(decoded.pixels, written.pixels, data_range=decoded.maxval)
     return _tiles(wm, written.pixels)
 
 
@@ -455,7 +456,7 @@ def pipeline_sweep(workdir: Path, batch_sizes: list[int], count: int, verify: st
     return rows
 
 
-# -- the report ---------------------------------------------------------------------------------
+# -- measurements per photo size ----------------------------------------------------------------------
 
 def median_stages(runs: list[Stages]) -> dict:
     names = list(runs[0].wall)
@@ -547,101 +548,6 @@ def draft_agreement(wm, out: Path, sub: str, data: bytes) -> dict:
     return {"bits_equal": float(np.mean((full_logits > 0) == (draft_logits > 0))),
             "ber_full": full.ber, "ber_draft": draft.ber,
             "match_full": full.match, "match_draft": draft.match}
-
-
-def fmt_ms(seconds: float) -> str:
-    return f"{seconds * 1000:,.0f}" if seconds >= 0.0995 else f"{seconds * 1000:.1f}"
-
-
-def print_report(results: list[dict], memory: dict, clock: str) -> None:
-    key = "cpu" if clock == "cpu" else "wall"
-    total = f"{key}_total"
-    print(f"\n### Side by side ({'CPU' if key == 'cpu' else 'wall-clock'} ms per photo, median)\n")
-    peers = sorted({p for r in results for p in r["peers"]})
-    head = ["photo", "codec", "embed", "embed/codec", "extract", "extract/codec", "extract draft"]
-    head += [f"{p}" for p in peers] + (["dwtDctSvd/embed"] if "dwtDctSvd" in peers else [])
-    head += ["peak embed MB (x decoded)", "peak extract MB (x)"]
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
-    for r in results:
-        p = r["paths"]
-        codec, embed, extract = p["codec"][total], p["embed"][total], p["extract"][total]
-        cells = [f"{r['megapixels']:g} MP {r['width']}x{r['height']}", fmt_ms(codec), fmt_ms(embed),
-                 f"{embed / codec:.2f}", fmt_ms(extract), f"{extract / codec:.2f}",
-                 fmt_ms(p["extract_draft"][total])]
-        for peer in peers:
-            stats = r["peers"].get(peer)
-            cells.append(fmt_ms(stats[total]) if stats else "-")
-        if "dwtDctSvd" in peers:
-            stats = r["peers"].get("dwtDctSvd")
-            cells.append(f"{stats[total] / embed:.0f}x" if stats else "-")
-        for kind in ("embed", "extract"):
-            m = memory.get((r["megapixels"], kind))
-            cells.append(f"{m['peak_mb']:.0f} ({m['peak_mb'] / m['decoded_mb']:.2f}x)" if m else "-")
-        print("| " + " | ".join(cells) + " |")
-
-
-def print_stages(results: list[dict]) -> None:
-    print("\n### Per stage (ms per photo, median; wall / CPU)\n")
-    stages = ["decode", "resize", "inference", "upsample+add", "encode", "write", "verify"]
-    print("| photo | path | " + " | ".join(stages) + " | total |")
-    print("|" + "---|" * (len(stages) + 3))
-    for r in results:
-        for path in ("codec", "embed", "extract", "extract_draft", "extract_unmarked", "embed_api",
-                     "pipeline_step"):
-            s = r["paths"][path]
-            cells = []
-            for stage in stages:
-                if stage in s["wall"]:
-                    cells.append(f"{fmt_ms(s['wall'][stage])} / {fmt_ms(s['cpu'][stage])}")
-                else:
-                    cells.append("")
-            if path == "embed_api":
-                cells[2] = f"(embed call) {fmt_ms(s['wall']['embed'])} / {fmt_ms(s['cpu']['embed'])}"
-            cells.append(f"{fmt_ms(s['wall_total'])} / {fmt_ms(s['cpu_total'])}")
-            print(f"| {r['megapixels']:g} MP | {path} | " + " | ".join(cells) + " |")
-
-
-def print_targets(results: list[dict], memory: dict) -> None:
-    print("\n### Targets\n")
-    for r in results:
-        p = r["paths"]
-        line = [f"{r['megapixels']:g} MP:"]
-        for clock in ("cpu", "wall"):
-            t = f"{clock}_total"
-            e, x = p["embed"][t] / p["codec"][t], p["extract"][t] / p["codec"][t]
-            line.append(f"{clock}: embed/codec {e:.2f} (target <= {TARGETS['embed'][0]}, accepted <= "
-                        f"{TARGETS['embed'][1]}: {'met' if e <= TARGETS['embed'][0] else 'accepted' if e <= TARGETS['embed'][1] else 'MISSED'}),"
-                        f" extract/codec {x:.2f} ({'met' if x <= TARGETS['extract'] else 'MISSED'})")
-        peer = r["peers"].get("dwtDctSvd")
-        if peer:
-            speedup = peer["cpu_total"] / p["embed"]["cpu_total"]
-            line.append(f"dwtDctSvd/embed {speedup:.0f}x ({'met' if speedup >= TARGETS['peer_speedup'] else 'MISSED'})")
-        m = memory.get((r["megapixels"], "embed"))
-        if m:
-            ratio = m["peak_mb"] / m["decoded_mb"]
-            line.append(f"peak embed {ratio:.2f}x decoded ({'met' if ratio <= TARGETS['memory'] else 'MISSED'})")
-        da = r.get("draft_agreement")
-        if da:
-            line.append(f"draft vs full extraction: {100 * da['bits_equal']:.1f}% equal bits, BER "
-                        f"{da['ber_full']:.3f} vs {da['ber_draft']:.3f}")
-        print("- " + "; ".join(line))
-
-
-def machine_state() -> dict:
-    import PIL
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    versions = {"python": platform.python_version(), "numpy": np.__version__, "pillow": PIL.__version__}
-    with contextlib.suppress(Exception):
-        import tensorflow as tf
-        versions["tensorflow"] = tf.__version__
-    return {"cpus": os.cpu_count(), "cpu_model": model, "loadavg": os.getloadavg(), "versions": versions,
-            "time": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
 def main(argv: list[str] | None = None) -> int:

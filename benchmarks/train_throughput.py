@@ -1,7 +1,7 @@
 """Training throughput per preset: images per second of the Trainer's real step function.
 
     PYTHONPATH=. .venv/bin/python benchmarks/train_throughput.py [--presets tiny,default,gpu,seed]
-        [--steps 10] [--warmup 2] [--data pipeline/data/samples]
+        [--steps 10] [--warmup 2] [--data filigree/data/samples]
 
 For each preset a `training.train.Trainer` is built in a temporary workdir (residual presets on
 the photos in --data, the bundled samples by default; `seed` on Fashion-MNIST when installed,
@@ -149,7 +149,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--presets", default=",".join(DEFAULT_PRESETS), help="comma-separated preset names")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per preset")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (tracing)")
-    parser.add_argument("--data", default=str(ROOT / "pipeline" / "data" / "samples"),
+    parser.add_argument("--data", default=str(ROOT / "filigree" / "data" / "samples"),
                         help="photos for the residual presets")
     return parser.parse_args(argv)
 

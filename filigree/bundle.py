@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from filigree.payload import informed_p_scale
 from filigree.tiling import Tiling
 
 BUNDLE_FORMAT = "filigree-bundle/1"
@@ -66,6 +67,10 @@ class ModelCard:
             tiling = Tiling.from_card(card)
         except (TypeError, ValueError, AttributeError) as exc:
             raise BundleError(f"model.json has a bad tiling entry: {exc}") from None
+        try:
+            informed_p_scale(card)
+        except ValueError as exc:
+            raise BundleError(f"model.json has a bad calibration entry: {exc}") from None
         return dataclasses.replace(parsed, tiling=tiling)
 
     @property

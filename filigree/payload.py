@@ -28,14 +28,22 @@ regardless, and its unused trailing bits are zero.
 
 Reading undoes the permutation and mask on the logits, sums the logits of all positions that
 carry the same codeword bit (soft combining), takes hard decisions (an exact zero sum is broken
-by a key-derived pseudo-random bit) and BCH-decodes. Two statistics are offered:
+by a key-derived pseudo-random bit) and BCH-decodes, accepting only a codeword within ``t`` bits
+of the hard decisions (`bch_decode`). Two statistics are offered; both are p-values for the null
+"the raw bits are uniformly random" (what the keyed scrambling makes of an unmarked image), and
+`benchmarks/calibration.py` measures them on unmarked photos:
 
-* blind (no expected payload): the probability that uniformly random bits decode to *some*
-  codeword with at most ``e`` corrections, ``2^k * sum_{i<=e} C(n, i) / 2^n``, where ``e`` is
-  the number of corrections made. Detected when BCH succeeds and that p-value is <= ``fpr``.
-* expected payload given: the one-sided binomial tail ``P[Binom(L, 1/2) >= matches]`` of the
-  raw hard bits (``logit > 0`` reads as 1) against the expected payload's raw bits. Detected when
-  that p-value is <= ``fpr``.
+* blind (no expected payload): the probability that uniformly random bits are accepted at a
+  distance of at most ``d`` from *some* codeword, ``2^k * sum_{i<=d} C(n, i) / 2^n``, where ``d``
+  is the true distance to the decoded codeword (exact: the radius-``t`` balls are disjoint).
+  Detected when BCH accepts and that p-value is <= ``fpr``.
+* expected payload given (informed): the one-sided binomial tail ``P[Binom(L, 1/2) >= matches]``
+  of the raw hard bits (``logit > 0`` reads as 1) against the expected payload's raw bits,
+  times the bundle's calibrated ``informed_p_scale`` (`informed_p_scale`; 1 when error
+  correction recovers a different payload). Detected when that p-value is <= ``fpr``,
+  even when there are too many errors to correct (then ``decoded`` is None).
+
+`ReadResult` lists what each field of a read promises.
 
 Keys are mixed in with HMAC-SHA256 in counter mode. When no key is given a public default key is
 used, so the bias of unmarked images is still whitened (but offers no secrecy). Key material
@@ -287,7 +295,16 @@ def bch_encode(spec: EccSpec, value: int) -> np.ndarray:
 
 
 def bch_decode(spec: EccSpec, bits: np.ndarray) -> tuple[int | None, int | None]:
-    """Decode hard codeword bits; returns ``(value, corrections)`` or ``(None, None)``."""
+    """Bounded-distance decoding of hard codeword bits (``codeword_bits`` of 0/1).
+
+    Returns ``(value, distance)`` when the codeword of ``value`` lies within ``t`` bits of
+    ``bits`` (``distance``: the Hamming distance between them, i.e. the errors corrected),
+    else ``(None, None)``. The decoder of a shortened code can report success after placing
+    "errors" at positions the shortened word does not have (a word far from every codeword
+    then "decodes" to one 14 to 40 bits away); re-encoding the result and measuring the
+    distance to the received bits rejects those, so the acceptance region is exactly the
+    union of the radius-``t`` Hamming balls around the codewords (`acceptance_probability`).
+    """
     bits = np.asarray(bits, dtype=np.uint8).reshape(-1)
     if bits.size != spec.codeword_bits:
         raise ValueError(f"expected {spec.codeword_bits} codeword bits, got {bits.size}")
@@ -296,14 +313,16 @@ def bch_decode(spec: EccSpec, bits: np.ndarray) -> tuple[int | None, int | None]
     code, lock = _bch(spec.m, spec.t)
     ecc = bytearray(np.packbits(bits[spec.data_bits:]).tobytes().ljust(code.ecc_bytes, b"\0"))
     with lock:
-        nerr = code.decode(bytes(data), bytes(ecc))
-        if nerr < 0:
+        if code.decode(bytes(data), bytes(ecc)) < 0:
             return None, None
         code.correct(data, ecc)
     fixed = int.from_bytes(data, "big")
     if fixed >> spec.data_bits:
         return None, None
-    return fixed, int(nerr)
+    distance = int(np.count_nonzero(bch_encode(spec, fixed) != bits))
+    if distance > spec.t:
+        return None, None
+    return fixed, distance
 
 
 # ---------------------------------------------------------------------------------------------
@@ -468,11 +487,42 @@ def binomial_tail(n: int, k: int) -> float:
 
 
 def blind_p_value(n: int, k: int, corrections: int) -> float:
-    """P[uniform n-bit word lies within ``corrections`` of one of 2^k codewords] (capped at 1)."""
+    """P[uniform n-bit word lies within ``corrections`` of one of 2^k codewords]: the union
+    bound ``2^k * sum_{i <= d} C(n, i) / 2^n`` (capped at 1), exact when the balls are disjoint,
+    i.e. for ``corrections <= t`` of a code of minimum distance ``>= 2t + 1``."""
     if corrections < 0:
         raise ValueError(f"corrections must be >= 0, got {corrections}")
     ball = sum(math.comb(n, i) for i in range(min(corrections, n) + 1))
     return min(1.0, (ball << k) / (1 << n))
+
+
+def acceptance_probability(spec: EccSpec, distance: int) -> float:
+    """P[`bch_decode` accepts a uniformly random word at a distance <= ``distance``] (``<= t``).
+
+    A BCH code corrects ``t`` errors because its minimum distance is at least ``2t + 1``, so
+    the radius-``t`` balls around its ``2^k`` codewords are disjoint and the blind p-value is
+    exact: ``2^k * sum_{i <= distance} C(n, i) / 2^n``. For the default code (n = 100,
+    k = 51, t = 7): 3.1e-5 at distance 7, 1.4e-7 at 5, 1.8e-15 at 0."""
+    if not 0 <= distance <= spec.t:
+        raise ValueError(f"distance must be in [0, t={spec.t}], got {distance}")
+    return blind_p_value(spec.codeword_bits, spec.data_bits, distance)
+
+
+def informed_p_scale(card: Mapping[str, Any]) -> float:
+    """The card's ``calibration.informed_p_scale`` (1 when the card has none).
+
+    The binomial tail of an informed read is exact for uniformly random raw bits. On unmarked
+    natural images the agreement with a random codeword has the binomial's mean and variance
+    (codeword bits are pairwise independent) but a heavier upper tail; a bundle whose null was
+    measured (`benchmarks/calibration.py`) records the factor that keeps its informed p-values
+    at or above uniform there."""
+    entry = card.get("calibration") or {}
+    if not isinstance(entry, Mapping):
+        raise ValueError(f"calibration must be an object, got {type(entry).__name__}")
+    value = entry.get("informed_p_scale", 1.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 1.0:
+        raise ValueError(f"calibration.informed_p_scale must be a number >= 1, got {value!r}")
+    return float(value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -481,7 +531,26 @@ def blind_p_value(n: int, k: int, corrections: int) -> float:
 
 @dataclass(frozen=True)
 class ReadResult:
-    """Outcome of reading one image's logits."""
+    """Outcome of reading one image's logits. What the fields promise:
+
+    * ``detected``: ``p_value <= fpr``, and for a blind read (no expected payload) a payload
+      was decoded; for an informed read, error correction did not recover a *different*
+      payload. Over unmarked images, ``detected`` is true at a rate of at most ``fpr``.
+    * ``p_value``: the probability that an unmarked image's read is at least this strong, over
+      every hypothesis the read tried (grids, framings; Bonferroni). Blind: BCH accepted a
+      codeword at Hamming distance ``corrected`` (<= t), priced by `acceptance_probability`.
+      Informed: ``P[Binom(L, 1/2) >= raw bits agreeing with the expected payload]``, 1 when
+      error correction recovered another payload.
+    * ``decoded``: the payload error correction recovered (canonical hex), only on a detected
+      read. A blind detected read always has one. An informed read may be detected with
+      ``decoded`` None: the expected payload's bits are present beyond chance but too damaged
+      (more than t errors) to be read without knowing them.
+    * ``corrected``: bits error correction changed (the true distance), None with ``decoded``.
+    * ``match``: informed reads only (None for blind ones): True when detected and
+      ``decoded`` equals the expected payload, else False.
+    * ``ber``: informed reads only: the share of raw bits that disagree with the expected
+      payload's.
+    """
 
     decoded: str | None
     corrected: int | None
@@ -496,8 +565,26 @@ class ReadResult:
 
     @property
     def payload(self) -> str | None:
-        """The decoded payload (canonical hex), or None when error correction failed."""
+        """The decoded payload (canonical hex), or None (see ``decoded``)."""
         return self.decoded
+
+    @property
+    def conclusive(self) -> bool:
+        """Detected with its payload decoded: a further search cannot add anything."""
+        return self.detected and self.decoded is not None
+
+    def judged(self, fpr: float, p_value: float | None = None) -> "ReadResult":
+        """This read with ``p_value`` (default its own) judged at ``fpr``: ``detected`` as the
+        class docstring defines it; an undetected read keeps no payload."""
+        p_value = self.p_value if p_value is None else min(1.0, p_value)
+        if self.match is None:
+            consistent = self.decoded is not None
+        else:
+            consistent = self.decoded is None or self.match
+        if p_value <= fpr and consistent:
+            return dataclasses.replace(self, p_value=p_value, detected=True)
+        return dataclasses.replace(self, p_value=p_value, detected=False, decoded=None, corrected=None,
+                                   match=None if self.match is None else False)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -507,7 +594,11 @@ class PayloadCodec:
     """Payload <-> raw bits for a model with ``raw_bits`` raw bits, an ECC code and a key."""
 
     def __init__(self, raw_bits: int, ecc: EccSpec | None = None,
-                 key: bytes | str | None = None) -> None:
+                 key: bytes | str | None = None, informed_p_scale: float = 1.0) -> None:
+        if not (math.isfinite(informed_p_scale) and informed_p_scale >= 1.0):
+            raise ValueError(f"informed_p_scale must be a finite number >= 1, got {informed_p_scale}")
+        self.informed_p_scale = float(informed_p_scale)
+        """Factor on every informed p-value (>= 1: conservative), calibrated on the model's null."""
         self.ecc = choose_ecc(raw_bits) if ecc is None else ecc
         if self.ecc.codeword_bits > raw_bits:
             raise ValueError(f"codeword of {self.ecc.codeword_bits} bits does not fit "
@@ -520,8 +611,10 @@ class PayloadCodec:
 
     @classmethod
     def from_card(cls, card: Mapping[str, Any], key: bytes | str | None = None) -> "PayloadCodec":
-        """Codec for a bundle's ``model.json`` (``payload_bits`` and ``ecc``)."""
-        return cls(int(card["payload_bits"]), EccSpec.from_dict(card["ecc"]), key)
+        """Codec for a bundle's ``model.json`` (``payload_bits``, ``ecc`` and the optional
+        ``calibration.informed_p_scale``, 1 when absent)."""
+        return cls(int(card["payload_bits"]), EccSpec.from_dict(card["ecc"]), key,
+                   informed_p_scale=informed_p_scale(card))
 
     def __repr__(self) -> str:
         return f"PayloadCodec(raw_bits={self.raw_bits}, ecc={self.ecc!r}, " \
@@ -567,7 +660,10 @@ class PayloadCodec:
 
     def decode(self, logits: np.ndarray, expected: str | int | None = None,
                fpr: float = 1e-6) -> ReadResult:
-        """Read one image's logits (shape ``[raw_bits]``; ``logit > 0`` reads as 1)."""
+        """Read one image's logits (float ``[raw_bits]``; ``logit > 0`` reads as 1), blind or
+        against ``expected``, judged at ``fpr`` in (0, 1] (see `ReadResult` for what the
+        fields promise). Raises ValueError for a bad shape, non-finite logits or ``fpr``, and
+        `PayloadError` for an expected payload that does not fit."""
         if not 0.0 < fpr <= 1.0:
             raise ValueError(f"fpr must be in (0, 1], got {fpr}")
         logits = np.asarray(logits, dtype=np.float64)
@@ -581,14 +677,14 @@ class PayloadCodec:
         value, corrected = bch_decode(self.ecc, hard)
         decoded = None if value is None else format_payload(value, self.data_bits)
         if expected is None:
-            p_value = 1.0 if corrected is None else blind_p_value(
-                self.codeword_bits, self.data_bits, corrected)
-            return ReadResult(decoded, corrected, value is not None and p_value <= fpr, p_value)
+            p_value = 1.0 if corrected is None else acceptance_probability(self.ecc, corrected)
+            return ReadResult(decoded, corrected, False, p_value).judged(fpr)
         want = self.parse(expected)
         matches = int(np.count_nonzero((logits > 0) == self._raw_bits(want)))
-        p_value = binomial_tail(self.raw_bits, matches)
-        return ReadResult(decoded, corrected, p_value <= fpr, p_value,
-                          ber=1.0 - matches / self.raw_bits, match=value == want)
+        p_value = min(1.0, self.informed_p_scale * binomial_tail(self.raw_bits, matches)) \
+            if value in (None, want) else 1.0
+        return ReadResult(decoded, corrected, False, p_value, ber=1.0 - matches / self.raw_bits,
+                          match=value == want).judged(fpr)
 
     def decode_best(self, logits: np.ndarray, expected: str | int | None = None,
                     fpr: float = 1e-6, tried: int | None = None) -> tuple[int, ReadResult]:
@@ -605,11 +701,4 @@ class PayloadCodec:
             raise ValueError(f"tried ({tried}) must count at least the {len(logits)} hypotheses given")
         reads = [self.decode(row, expected=expected, fpr=1.0) for row in logits]
         best = min(range(len(reads)), key=lambda i: reads[i].p_value)
-        read = reads[best]
-        p_value = min(1.0, read.p_value * tried)
-        detected = p_value <= fpr
-        return best, dataclasses.replace(
-            read, p_value=p_value, detected=detected,
-            decoded=read.decoded if detected else None,
-            corrected=read.corrected if detected else None,
-            match=read.match if detected or expected is None else False)
+        return best, reads[best].judged(fpr, reads[best].p_value * tried)

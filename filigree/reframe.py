@@ -8,7 +8,7 @@ rest filled with the image's mean colour. Every view is read, and the framing wh
 decodes with the strongest evidence wins. Its p-value is multiplied by the number of framings
 tried (Bonferroni), so the false-positive rate of the search stays at or below the target.
 
-A tiled mark (see `pipeline.tiling`) is read per tile, and a tile reads only when the view
+A tiled mark (see `filigree.tiling`) is read per tile, and a tile reads only when the view
 lines up with it to within about 2 % of its side: a search over positions would need a grid
 ten times finer on each axis. Its search covers centred crops instead (`centred_framings`, the
 crop a platform makes to a thumbnail or a feed): one scale per hypothesis, in steps fine enough

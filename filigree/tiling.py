@@ -28,7 +28,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from filigree.imageio import working_view
+from filigree.imaging.kernels import working_view
 from filigree.payload import PayloadCodec, ReadResult
 
 

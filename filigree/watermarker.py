@@ -1,6 +1,6 @@
 """`Watermarker`: embed payloads into images and read them back, at native resolution.
 
-    from pipeline import Watermarker
+    from filigree import Watermarker
     wm = Watermarker.load()                     # the bundled model, the default key
     marked = wm.embed(image, "0123456789abc")   # PIL image in, PIL image out (same size)
     result = wm.extract(marked)                 # result.payload, .detected, .p_value, .ber
@@ -8,7 +8,7 @@
 The residual trick: the image is resized to the model's working size, the embedder predicts a
 residual there, and only the residual is upsampled to the image's own size and added. The
 full-resolution work (upsampling, adding, rounding, clipping) runs on the image's own 8- or
-16-bit pixels in small row tiles (`imageio.add_residual`), reading Pillow's memory and writing
+16-bit pixels in small row tiles (`kernels.add_residual`), reading Pillow's memory and writing
 the returned image's memory without intermediate copies: a marked pixel is
 `clip(pixel + floor(strength * maxval * upsampled_residual + 0.5))`. The Beam pipeline uses the
 same functions, with batched inference.
@@ -22,16 +22,8 @@ import numpy as np
 from PIL import Image
 
 from filigree.bundle import LoadedBundle, load_bundle
-from filigree.imageio import (
-    _raise_block_size,
-    _resize_to,
-    add_residual,
-    pil_image,
-    pixel_view,
-    to_working_size,
-    upsample_residual,
-    working_view,
-)
+from filigree.imaging.kernels import add_residual, resize_to, to_working_size, upsample_residual, working_view
+from filigree.imaging.pixels import pil_image, pixel_view, raise_block_size
 from filigree.payload import PayloadCodec, ReadResult
 from filigree.reframe import SearchConfig, centred_framings, framed_tile_views, framed_views, framings
 from filigree.tiling import decode_grid, decode_tiles, grid_logits, read_views, tile_views, tiled_residual
@@ -101,7 +93,7 @@ def _rgbx_view(image: Image.Image) -> np.ndarray:
     view = pixel_view(image)
     if view is None:
         width, height = image.size
-        _raise_block_size(width * height * 4)
+        raise_block_size(width * height * 4)
         view = pixel_view(image.copy())
     if view is None:  # no Arrow support: pad a copy to the same layout
         values = np.asarray(image.convert("RGBA"))
@@ -157,6 +149,45 @@ _SEARCH_BATCH = 256
 """Framings read per extractor call in a re-framing search."""
 
 
+def search_config(reframe: SearchConfig | bool | None) -> SearchConfig | None:
+    """The search a `reframe` argument asks for: None/False none, True the default one."""
+    if reframe is None or reframe is False:
+        return None
+    if reframe is True:
+        return SearchConfig()
+    if isinstance(reframe, SearchConfig):
+        return reframe
+    raise TypeError(f"reframe must be a bool, a SearchConfig or None, not {type(reframe).__name__}")
+
+
+def _better(straight: ReadResult, searched: ReadResult) -> ReadResult:
+    """The search's read when it is detected and adds to the straight read (which found no mark,
+    or an informed mark without its payload), else the straight read."""
+    if searched.detected and (not straight.detected or searched.decoded is not None):
+        return searched
+    return straight
+
+
+def _number(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
+    return float(value)
+
+
+def _positive(name: str, value) -> float:
+    value = _number(name, value)
+    if not (np.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive finite number, got {value}")
+    return value
+
+
+def _fpr(value) -> float:
+    value = _number("fpr", value)
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"fpr must be in (0, 1], got {value}")
+    return value
+
+
 class Watermarker:
     """A loaded model bundle plus a payload codec (error correction and key)."""
 
@@ -164,9 +195,14 @@ class Watermarker:
                  fpr: float = 1e-6, max_grid: int | None = None):
         self.bundle = bundle
         self.codec = codec
-        self.strength = bundle.card.default_strength if strength is None else float(strength)
-        self.fpr = fpr
+        self.strength = bundle.card.default_strength if strength is None else _positive("strength", strength)
+        self.fpr = _fpr(fpr)
+        """Target false-positive rate of `ReadResult.detected`, in (0, 1]."""
         self.tiling = bundle.card.tiling
+        if max_grid is not None and (isinstance(max_grid, bool) or not isinstance(max_grid, (int, np.integer))):
+            raise TypeError(f"max_grid must be an int or None, not {type(max_grid).__name__}")
+        if max_grid is not None and max_grid < 1:
+            raise ValueError(f"max_grid must be >= 1, got {max_grid}")
         self.max_grid = max_grid
         """Mark on at most this many tiles a side (None: the card's); reads are unaffected."""
 
@@ -202,7 +238,7 @@ class Watermarker:
     def residual(self, pixels: np.ndarray, bits: np.ndarray) -> np.ndarray:
         """The residual [g*S, g*S, C] of an image (native pixels or float RGB) for raw bits [L]:
         one embedder call per tile of the image's grid, laid out as the grid and amplified by
-        its gain (see `pipeline.tiling`)."""
+        its gain (see `filigree.tiling`)."""
         height, width = pixels.shape[:2]
         views = tile_views(pixels, self.tiling.grid_for(height, width, self.max_grid), self.working_size)
         return tiled_residual(self.residuals(views, np.repeat(bits[None], len(views), axis=0)), self.tiling)
@@ -243,25 +279,32 @@ class Watermarker:
         return pixels_to_image(self.embed_pixels(pixels, payload), alpha, mode)
 
     def extract(self, image: Image.Image, expected: str | int | None = None,
-                reframe: SearchConfig | None = None) -> ReadResult:
-        """Read the payload: `payload` (None if unreadable), `detected`, `p_value`, and `ber`
-        against `expected` when given. With `reframe`, an image whose straight read is not
-        detected is searched for a crop of the marked frame (see `pipeline.reframe`)."""
+                reframe: SearchConfig | bool | None = None) -> ReadResult:
+        """Read a PIL image: `payload`/`decoded`, `detected`, `p_value` at this Watermarker's
+        `fpr`, and `ber`/`match` against `expected` when given (`ReadResult` says what each
+        promises). `reframe` (True, or a `SearchConfig`; None/False: off): a read that is not
+        conclusive (detected with its payload decoded) searches for a crop of the marked frame
+        (see `filigree.reframe`). Raises TypeError for a non-image or a bad `reframe`,
+        `PayloadError` (a ValueError) for an expected payload that does not fit."""
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"image must be a PIL.Image.Image, not {type(image).__name__}")
+        config = search_config(reframe)
         if self.tiling.max_grid == 1:
             straight = self.codec.decode(self.logits(self.view(image)[None])[0], expected=expected, fpr=self.fpr)
         else:
             straight = self.read_pixels(image_pixels(image)[0], expected)
-        if reframe is None or straight.detected:
+        if config is None or straight.conclusive:
             return straight
-        return self.search(image, straight, expected, reframe)
+        return self.search(image, straight, expected, config)
 
     def search(self, image: Image.Image, straight: ReadResult, expected: str | int | None,
                config: SearchConfig) -> ReadResult:
-        """The re-framing search after a straight read that found nothing: the best framing
-        if it is detected (its p-value counts the straight read as one more hypothesis),
-        else the straight read. A tiled bundle searches centred crops only (see `pipeline.reframe`)."""
+        """The re-framing search after a straight read that is not conclusive: the best framing
+        when it is detected and adds to the straight read (its p-value counts the straight
+        read's hypotheses too), else the straight read. A tiled bundle searches centred crops
+        only (see `filigree.reframe`)."""
         if self.tiling.max_grid > 1:
-            return self._search_tiles(image, straight, expected, config)
+            return _better(straight, self._search_tiles(image, straight, expected, config))
         candidates = framings(config)
         views = framed_views(image, candidates, self.working_size)
         logits = np.concatenate([self.logits(views[i:i + _SEARCH_BATCH])
@@ -270,7 +313,7 @@ class Watermarker:
                                             tried=len(candidates) + 1)
         if not read.detected:
             return straight
-        return dataclasses.replace(read, framing=candidates[best].to_dict())
+        return _better(straight, dataclasses.replace(read, framing=candidates[best].to_dict()))
 
     def _search_tiles(self, image: Image.Image, straight: ReadResult, expected: str | int | None,
                       config: SearchConfig) -> ReadResult:
@@ -298,7 +341,7 @@ class Watermarker:
         from Pillow's memory for RGB and L images; equal to `working_view` of its pixels)."""
         size = self.working_size
         if image.mode in ("RGB", "L"):
-            small = np.asarray(_resize_to(image, size))
+            small = np.asarray(resize_to(image, size))
             if image.mode == "L":
                 small = np.repeat(small[..., None], 3, axis=2)
             return np.divide(small, np.float32(255), dtype=np.float32)
@@ -307,4 +350,4 @@ class Watermarker:
 
 
 __all__ = ["Watermarker", "apply_residual", "image_pixels", "mark_pixels", "pil_to_rgb",
-           "pixels_to_image", "rgb_to_pil", "to_working_size"]
+           "pixels_to_image", "rgb_to_pil", "search_config", "to_working_size"]

@@ -1,4 +1,5 @@
-"""Filigree's batch watermarking pipeline (`python -m pipeline.run`) and its Python API."""
+"""Filigree's batch watermarking job (`python -m pipeline.run`); `Watermarker`, the library's API, is
+re-exported from `filigree`."""
 
 from filigree.watermarker import Watermarker
 

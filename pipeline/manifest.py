@@ -13,7 +13,7 @@ makes that image's record a `bad_payload` error); every later row gets a `skippe
 
 Paths: a relative path that leaves `--input`'s root (`../x.jpg`, `a/../../x.jpg`) or looks like
 a Windows drive path is a `bad_path` error row; absolute paths and URIs are allowed and read as
-given (their marked copies go under `OUTPUT/marked/_external/...`, see pipeline.transforms).
+given (their marked copies go under `OUTPUT/marked/_external/...`, see pipeline.planning).
 Rows with no payload or a payload of the wrong JSON type are `bad_payload` errors; undecodable
 JSON lines or rows without an image are `bad_manifest_row` errors. A CSV header without
 `image`/`payload` columns, or a manifest that is not UTF-8, fails the whole job (the launcher

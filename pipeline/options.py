@@ -36,7 +36,7 @@ class RunConfig:
     mode: str = "embed"
     verify: str = "clean"
     attacks: str = DEFAULT_SUITE_SPEC
-    """Comma-separated attack specs for `--verify attacks` (see pipeline/attacks.py)."""
+    """Comma-separated attack specs for `--verify attacks` (see filigree/attacks.py)."""
     strength: float | None = None
     """Residual strength (default: the model card's)."""
     fpr: float = 1e-6
@@ -55,7 +55,7 @@ class RunConfig:
     seed: int = 0
     """Seed of the random attacks (noise), so re-runs give identical reports."""
     reframe: bool = False
-    """Reads that find no mark search for a crop of the marked frame (pipeline/reframe.py)."""
+    """Reads that find no mark search for a crop of the marked frame (filigree/reframe.py)."""
     max_grid: int | None = None
     """Embed mode: mark on at most this many tiles a side (default: the model card's)."""
 

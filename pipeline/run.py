@@ -34,12 +34,14 @@ import apache_beam as beam  # noqa: E402
 from apache_beam.io.filesystems import FileSystems  # noqa: E402
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions  # noqa: E402
 
-from pipeline import report  # noqa: E402
 from filigree.bundle import BundleError, ModelCard, read_card  # noqa: E402
+from filigree.payload import PayloadCodec, PayloadError  # noqa: E402
+from pipeline.graph import Watermark  # noqa: E402
 from pipeline.manifest import InputSpec, check_manifest_header, describe_input, has_scheme  # noqa: E402
 from pipeline.options import RunConfig, parse_run_args  # noqa: E402
-from filigree.payload import PayloadCodec, PayloadError  # noqa: E402
-from pipeline.transforms import Watermark  # noqa: E402
+from pipeline.report import format_console_summary, write_summary  # noqa: E402
+from pipeline.summary import SummaryFn  # noqa: E402
+from pipeline.thumbnails import sample_thumbnails  # noqa: E402
 
 
 def resolve_input(path: str) -> InputSpec:
@@ -67,7 +69,7 @@ def build_pipeline(pipeline: beam.Pipeline, cfg: RunConfig, spec: InputSpec, car
      | "WriteRecords" >> beam.io.WriteToText(FileSystems.join(report_prefix(cfg.output), "images"),
                                              file_name_suffix=".jsonl"))
     (records
-     | "Summarize" >> beam.CombineGlobally(report.SummaryFn())
+     | "Summarize" >> beam.CombineGlobally(SummaryFn())
      | "WriteSummary" >> beam.Map(finish_report, cfg=cfg, model_name=card.name))
 
 
@@ -93,8 +95,8 @@ def finish_report(summary: dict, cfg: RunConfig, model_name: str) -> dict:
     """Write summary.json/.html (with thumbnails of a few samples); fail the job when the error
     share exceeds --max_error_rate."""
     summary = {**summary, "model": model_name}
-    thumbnails = report.sample_thumbnails(summary)
-    report.write_summary(cfg.output, summary, thumbnails)
+    thumbnails = sample_thumbnails(summary)
+    write_summary(cfg.output, summary, thumbnails)
     check_error_rate(summary["counts"], cfg.max_error_rate, cfg.output)
     return summary
 
@@ -165,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     summary_path = FileSystems.join(report_prefix(cfg.output), "summary.json")
     with FileSystems.open(summary_path) as f:
         summary = json.loads(f.read())
-    print(report.format_console_summary(summary, cfg.output), flush=True)
+    print(format_console_summary(summary, cfg.output), flush=True)
     return 0
 
 

@@ -98,7 +98,7 @@ def gcs_bucket(gcs_server):
 
 @pytest.fixture(scope="session")
 def load_benchmark():
-    """Loads a script from benchmarks/ (not a package) as a module: `load_benchmark("quality")`."""
+    """Loads a benchmark script from benchmarks/ as a module: `load_benchmark("quality")`."""
     import importlib.util
     from pathlib import Path
 
@@ -106,6 +106,7 @@ def load_benchmark():
         path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
         spec = importlib.util.spec_from_file_location(f"{name}_bench", path)
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up there
         spec.loader.exec_module(module)
         return module
 

@@ -1,4 +1,4 @@
-"""Tests for pipeline.attacks."""
+"""Tests for filigree.attacks."""
 
 from __future__ import annotations
 

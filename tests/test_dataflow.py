@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "dataflow.md"
 README = ROOT / "README.md"
 METADATA = ROOT / "pipeline" / "flex_template.json"
-DATA = ROOT / "pipeline" / "data"
+DATA = ROOT / "filigree" / "data"
 
 # Values that stand in for the shell variables of docs/dataflow.md.
 PROJECT = "filigree-test"
@@ -225,7 +225,7 @@ WORKER = textwrap.dedent("""
     from apache_beam.portability.api import beam_runner_api_pb2
     from pipeline.options import RunConfig
     from filigree.payload import PayloadCodec
-    from pipeline.transforms import _BundleHandler
+    from pipeline.handlers import BundleHandler
 
     def visit(obj, found, seen, depth=0):
         if id(obj) in seen or depth > 10:
@@ -233,7 +233,7 @@ WORKER = textwrap.dedent("""
         seen.add(id(obj))
         if isinstance(obj, RunConfig):
             found["configs"].append(dataclasses.asdict(obj))
-        elif isinstance(obj, _BundleHandler):
+        elif isinstance(obj, BundleHandler):
             found["model_dirs"].append(obj.model_dir)
         elif isinstance(obj, PayloadCodec):
             found["codecs"] += 1

@@ -10,7 +10,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / "pipeline" / "data"
+DATA = ROOT / "filigree" / "data"
 
 
 def _lock():
@@ -103,10 +103,28 @@ def test_ci_runs_make_test():
     assert "make test" in lines
 
 
-def test_package_data_covers_everything_under_pipeline_data(shipped_data):
+def test_every_package_is_shipped(distribution):
+    # The library (filigree, with its subpackages), the Beam job and the training job.
+    on_disk = {".".join(p.parent.relative_to(ROOT).parts)
+               for top in ("filigree", "pipeline", "training") for p in (ROOT / top).rglob("__init__.py")}
+    assert {"filigree", "filigree.imaging", "pipeline", "training"} <= on_disk
+    assert on_disk - set(distribution.packages) == set()
+
+
+def test_architecture_doc_names_every_module():
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    for top in ("filigree", "pipeline", "training"):
+        for path in sorted((ROOT / top).rglob("*.py")):
+            if "data" in path.relative_to(ROOT).parts:
+                continue
+            relative = path.relative_to(ROOT / top).as_posix()
+            assert f"`{relative}`" in text, f"docs/architecture.md does not name {top}/{relative}"
+
+
+def test_package_data_covers_everything_under_filigree_data(shipped_data):
     on_disk = {p.resolve() for p in DATA.rglob("*")
                if p.is_file() and "__pycache__" not in p.parts}
-    assert on_disk, "pipeline/data is empty"
+    assert on_disk, "filigree/data is empty"
     assert on_disk - shipped_data == set()
 
 
@@ -124,7 +142,7 @@ def test_samples_are_shipped_with_their_licence(shipped_data):
 def test_bundled_model_is_shipped(shipped_data):
     model = DATA / "model"
     if not (model / "model.json").exists():
-        pytest.skip("no bundled model in pipeline/data/model yet")
+        pytest.skip("no bundled model in filigree/data/model yet")
     expected = [model / "model.json"]
     for part in ("embedder", "extractor"):
         expected += [model / part / "saved_model.pb",

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks.quality_report import ATTACK_DESCRIPTIONS
+
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +50,7 @@ def test_smoke_main_writes_json_markdown_figure(quality, tmp_path, capsys):
     assert [p["file"] for p in report["photos"]] == ["a.png", "b.jpg"]
     assert [a["spec"] for a in report["attacks"]] == ["none", "jpeg:50"]
     assert report["attacks"][1]["stages"] == [
-        {"kind": "jpeg", "param": 50.0, "description": quality.ATTACK_DESCRIPTIONS["jpeg"]}]
+        {"kind": "jpeg", "param": 50.0, "description": ATTACK_DESCRIPTIONS["jpeg"]}]
     assert list(report["methods"]) == ["Filigree"]
     assert report["peer_tau"] == 30 and report["target_fpr"] == 1e-6
     assert report["key"].startswith("custom") and "smoke-key" not in json.dumps(report)

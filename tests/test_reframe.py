@@ -1,4 +1,4 @@
-"""Tests for the re-framing search (pipeline/reframe.py, PayloadCodec.decode_best and
+"""Tests for the re-framing search (filigree/reframe.py, PayloadCodec.decode_best and
 Watermarker.extract(..., reframe=...))."""
 
 from __future__ import annotations

@@ -27,9 +27,9 @@ from PIL import Image
 
 from imagefiles import encoded as _save, srgb_icc as _srgb_icc
 from reports import read_records, read_summary
-from filigree import imageio
-from pipeline import transforms
-from pipeline.transforms import UNCHANGED_NOTE
+from filigree.imaging import decode, encode
+from pipeline import handlers, marking, planning, prepare, storage
+from pipeline.records import UNCHANGED_NOTE, StepFailure
 from pipeline.run import main
 
 KEY = "s3cret-Key-7f3a9e2b-do-not-leak"
@@ -375,7 +375,7 @@ def test_rerun_over_the_same_output_gives_identical_results(corpus_run, monkeypa
                       for p in tree(out / "marked")}
     first_files = digest()
     threes = {"min_batch_size": 3, "max_batch_size": 3}  # cut batches otherwise than the first run
-    monkeypatch.setattr(transforms._BundleHandler, "batch_elements_kwargs", lambda self: threes)
+    monkeypatch.setattr(handlers.BundleHandler, "batch_elements_kwargs", lambda self: threes)
     code = main(["--input", str(corpus_run["root"]), "--assignments", str(corpus_run["manifest"]),
                  "--payload", DEFAULT_PAYLOAD, "--output", str(out), "--key", KEY, "--batch_size", "4"])
     assert code == 0
@@ -397,12 +397,12 @@ def test_inference_results_do_not_depend_on_how_batches_are_cut():
     size = model.card.working_size
     codec = PayloadCodec.from_card(model.card.raw)
     rng = np.random.default_rng(1)
-    items = [transforms.Item(transforms.Job(f"/x/{i}.png", "1", None, f"{i}.png"), {},
+    items = [planning.Item(planning.Job(f"/x/{i}.png", "1", None, f"{i}.png"), {},
                              bits=codec.encode(str(i + 1)),
                              views={"clean": rng.random((tiles, size, size, 3), dtype=np.float32)})
              for i, tiles in enumerate((1, 4, 9))]
-    embedder = transforms.EmbedderHandler(bundled_model_dir(), 8)
-    extractor = transforms.ExtractorHandler(bundled_model_dir(), 8)
+    embedder = handlers.EmbedderHandler(bundled_model_dir(), 8)
+    extractor = handlers.ExtractorHandler(bundled_model_dir(), 8)
     for handler in (embedder, extractor):
         alone = handler.run_inference(items[:1], model)[0].inference
         together = handler.run_inference(items, model)[0].inference
@@ -422,7 +422,7 @@ def test_fixed_shape_calls_pad_and_trim():
         return a.sum(axis=1) + b
 
     a, b = np.arange(14, dtype=np.float32).reshape(7, 2), np.ones(7, np.float32)
-    np.testing.assert_array_equal(transforms.fixed_shape_calls(fn, (a, b), 3), a.sum(axis=1) + 1)
+    np.testing.assert_array_equal(handlers.fixed_shape_calls(fn, (a, b), 3), a.sum(axis=1) + 1)
     assert seen == [(3, 2)] * 3
 
 
@@ -500,7 +500,7 @@ def test_transient_write_failure_is_retried_to_exactly_one_output(small_folder, 
         return real_rename(sources, destinations, *args, **kwargs)
 
     monkeypatch.setattr(FileSystems, "rename", staticmethod(flaky_rename))
-    monkeypatch.setattr(transforms, "RETRY_DELAYS_S", (0.0,))
+    monkeypatch.setattr(storage, "RETRY_DELAYS_S", (0.0,))
     out = tmp_path / "out"
     assert main(["--input", str(small_folder), "--payload", "1", "--output", str(out), "--verify", "none"]) == 0
     assert calls == {"failed": 1, "renames": 2}
@@ -519,7 +519,7 @@ def test_failed_step_then_rerun_leaves_exactly_one_correct_output(small_folder, 
     class Crash(BaseException):
         pass
 
-    real_write = imageio.write_atomically
+    real_write = storage.write_atomically
     attempts = {"n": 0}
 
     def crash_once(path, data):
@@ -529,7 +529,7 @@ def test_failed_step_then_rerun_leaves_exactly_one_correct_output(small_folder, 
                 raise Crash("worker died")
         return real_write(path, data)
 
-    monkeypatch.setattr(imageio, "write_atomically", crash_once)
+    monkeypatch.setattr(storage, "write_atomically", crash_once)
     with pytest.raises(BaseException):
         main(["--input", str(small_folder), "--payload", "1", "--output", str(out), "--verify", "none"])
     assert not [p for p in tree(tmp_path) if p.endswith(".tmp")]
@@ -545,16 +545,16 @@ def test_unexpected_exceptions_become_error_records(small_folder, tmp_path, monk
     """An encoder failure on one image (handled by the step) and an exception escaping the step
     on another (a dead letter): every image still gets exactly one record with a code, no file is
     written for either, and the job finishes."""
-    real_encode = imageio.encode_image
+    real_encode = encode.encode_image
 
     def failing_encode(decoded, rgb, **kwargs):
         if decoded.format == "JPEG":  # b.jpg only
             raise RuntimeError("injected encoder failure")
         return real_encode(decoded, rgb, **kwargs)
 
-    monkeypatch.setattr(imageio, "encode_image", failing_encode)
-    escaping = _raise_outside_handlers(transforms.MarkAndWrite.process, "a.png")
-    monkeypatch.setattr(transforms.MarkAndWrite, "process", escaping)
+    monkeypatch.setattr(encode, "encode_image", failing_encode)
+    escaping = _raise_outside_handlers(marking.MarkAndWrite.process, "a.png")
+    monkeypatch.setattr(marking.MarkAndWrite, "process", escaping)
     out = tmp_path / "out"
     assert main(["--input", str(small_folder), "--payload", "1", "--output", str(out), "--verify", "none"]) == 0
     records = {os.path.basename(r["image"]): r for r in read_records(out)}
@@ -583,7 +583,7 @@ def test_failed_inference_batch_gives_each_image_its_own_record(small_folder, tm
     def failing(self, batch, model, inference_args=None):
         raise RuntimeError("injected inference failure")
 
-    monkeypatch.setattr(transforms.EmbedderHandler, "run_inference", failing)
+    monkeypatch.setattr(handlers.EmbedderHandler, "run_inference", failing)
     out = tmp_path / "out"
     assert main(["--input", str(small_folder), "--payload", "1", "--output", str(out), "--verify", "none",
                  "--batch_size", "2"]) == 0
@@ -600,10 +600,10 @@ def test_pathological_decode_times_out(monkeypatch):
     def slow(data, max_pixels):
         time.sleep(5)
 
-    monkeypatch.setattr(imageio, "decode_image", slow)
+    monkeypatch.setattr(decode, "decode_image", slow)
     started = time.monotonic()
-    with pytest.raises(imageio.ImageDecodeError) as info:
-        transforms.decode_with_timeout(b"x", 10, 0.2)
+    with pytest.raises(decode.ImageDecodeError) as info:
+        prepare.decode_with_timeout(b"x", 10, 0.2)
     assert info.value.code == "timeout"
     assert time.monotonic() - started < 2
 
@@ -612,14 +612,14 @@ def test_bomb_is_refused_from_the_header_without_allocating():
     import resource
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.monotonic()
-    with pytest.raises(imageio.ImageDecodeError) as info:
-        imageio.decode_image(_bomb_png())
+    with pytest.raises(decode.ImageDecodeError) as info:
+        decode.decode_image(_bomb_png())
     assert info.value.code == "too_large"
     assert time.monotonic() - started < 1
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50_000  # KiB
     # the limit is configurable (--max_pixels): a small image above it is refused the same way
-    with pytest.raises(imageio.ImageDecodeError) as info:
-        imageio.decode_image(_save(_rgb(24, 32), "PNG"), max_pixels=24 * 32 - 1)
+    with pytest.raises(decode.ImageDecodeError) as info:
+        decode.decode_image(_save(_rgb(24, 32), "PNG"), max_pixels=24 * 32 - 1)
     assert info.value.code == "too_large"
 
 
@@ -629,12 +629,12 @@ def test_output_paths_never_leave_the_output_folder(tmp_path):
     root = str(tmp_path / "in")
     for path in ("/etc/passwd", str(tmp_path / "in" / ".." / ".." / "x.jpg"), "gs://bucket/../../x.jpg",
                  "/a/b/../../../../c.png", str(tmp_path / "in" / "sub" / "y.png"), "//double//slash.png"):
-        relative = transforms.output_relative(root, path)
-        job = transforms.Job(path, "1", None, relative)
-        target = transforms.output_path(cfg, job, ".png")
+        relative = planning.output_relative(root, path)
+        job = planning.Job(path, "1", None, relative)
+        target = planning.output_path(cfg, job, ".png")
         assert os.path.normpath(target).startswith(str(tmp_path / "out" / "marked") + os.sep), (path, target)
-    with pytest.raises(transforms._Failure):
-        transforms.output_path(cfg, transforms.Job("x", "1", None, "../../escape.png"))
+    with pytest.raises(StepFailure):
+        planning.output_path(cfg, planning.Job("x", "1", None, "../../escape.png"))
 
 
 # -- 48 MP ---------------------------------------------------------------------------------------
@@ -656,11 +656,11 @@ def test_48_megapixel_photo(tmp_path):
 
 
 def test_listing_skips_what_the_job_writes_unless_reading_from_it():
-    assert transforms.excluded_prefixes("/p/out", "/p") == ("/p/out/marked", "/p/out/report")
-    assert transforms.excluded_prefixes("/p", "/p") == ("/p/marked", "/p/report")
-    assert transforms.excluded_prefixes("/p/out", "/p/out/marked") == ("/p/out/report",)
-    assert transforms.excluded_prefixes("/p/out", "/p/out/marked/sub") == ("/p/out/report",)
-    assert transforms.excluded_prefixes("gs://b/out", "gs://b") == ("gs://b/out/marked", "gs://b/out/report")
+    assert planning.excluded_prefixes("/p/out", "/p") == ("/p/out/marked", "/p/out/report")
+    assert planning.excluded_prefixes("/p", "/p") == ("/p/marked", "/p/report")
+    assert planning.excluded_prefixes("/p/out", "/p/out/marked") == ("/p/out/report",)
+    assert planning.excluded_prefixes("/p/out", "/p/out/marked/sub") == ("/p/out/report",)
+    assert planning.excluded_prefixes("gs://b/out", "gs://b") == ("gs://b/out/marked", "gs://b/out/report")
 
 
 def test_hostile_manifest_rows_are_error_records_not_crashes(tmp_path):

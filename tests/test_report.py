@@ -1,4 +1,5 @@
-"""Tests for pipeline.report: records and images are generated on the fly."""
+"""Tests for the run report (pipeline.summary, pipeline.thumbnails, pipeline.report): records and
+images are generated on the fly."""
 
 from __future__ import annotations
 
@@ -13,17 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import report
-from pipeline.report import (
-    SAMPLE_SIZE,
-    SummaryFn,
-    format_console_summary,
-    make_thumbnails,
-    render_html,
-    sample_thumbnails,
-    summarize,
-    write_summary,
-)
+from pipeline import report, summary as run_summary, thumbnails
+from pipeline.report import format_console_summary, render_html, write_summary
+from pipeline.summary import SAMPLE_SIZE, SummaryFn, summarize
+from pipeline.thumbnails import make_thumbnails, sample_thumbnails
 
 HOSTILE = "<script>alert(1)</script>.jpg"
 ERROR_CODES = ("corrupt", "truncated", "not_an_image")
@@ -412,9 +406,10 @@ def test_summary_fn_in_a_beam_pipeline(records):
         assert_that(result, equal_to([expected]))
 
 
-def test_report_module_exports():
-    for name in report.__all__:
-        assert hasattr(report, name)
+def test_report_modules_export_what_they_list():
+    for module in (report, run_summary, thumbnails):
+        for name in module.__all__:
+            assert hasattr(module, name)
 
 
 def test_write_summary_to_gcs(gcs_bucket):
@@ -435,7 +430,7 @@ def test_write_summary_to_gcs(gcs_bucket):
 
 
 def test_thumbnails_of_a_large_jpeg_are_made_reduced():
-    height, width = 2400, 3200  # larger than report.ANALYSIS_SIDE: decoded at reduced scale
+    height, width = 2400, 3200  # larger than thumbnails.ANALYSIS_SIDE: decoded at reduced scale
     original = _photo(height, width)
     y, x = np.mgrid[0:height, 0:width]
     smooth = np.rint(6 * np.sin(x / 150.0) * np.cos(y / 110.0)).astype(np.int16)[..., None]

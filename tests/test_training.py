@@ -1,7 +1,7 @@
 """Tests for the training job (training/): presets, a short tiny run and its bundle, learning,
 exact resume, the attack layers, and the seed architecture.
 
-Training runs use the bundled sample photos (pipeline/data/samples) so the file needs nothing
+Training runs use the bundled sample photos (filigree/data/samples) so the file needs nothing
 outside the repository; the one seed training test is skipped without Fashion-MNIST.
 """
 
@@ -28,7 +28,7 @@ from training.config import AttackConfig, TrainConfig, get_preset  # noqa: E402
 from reports import read_records  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLES = ROOT / "pipeline" / "data" / "samples"
+SAMPLES = ROOT / "filigree" / "data" / "samples"
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 BUNDLE_STEPS = 4

@@ -1,4 +1,4 @@
-"""`Watermarker` on PIL images: the native-pixel path (imageio.add_residual) against the float
+"""`Watermarker` on PIL images: the native-pixel path (filigree.imaging.kernels.add_residual) against the float
 reference path, mode families, inputs left untouched, images Pillow holds in several blocks.
 Uses the bundled model; nothing here depends on how well it reads payloads back."""
 
@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from filigree import Watermarker, imageio
+from filigree import Watermarker
+from filigree.imaging.kernels import working_view
+from filigree.imaging.metrics import psnr
+from filigree.imaging.pixels import pixel_view
 from filigree.watermarker import pil_to_rgb, rgb_to_pil
 
 
@@ -55,7 +58,7 @@ def test_embed_leaves_the_input_alone_and_extract_reads_views(wm):
     np.testing.assert_array_equal(np.asarray(image), before)
     assert not np.array_equal(np.asarray(marked), before)
     pixels = np.asarray(marked)
-    np.testing.assert_array_equal(wm.view(marked), imageio.working_view(pixels, wm.working_size))
+    np.testing.assert_array_equal(wm.view(marked), working_view(pixels, wm.working_size))
     assert wm.extract(marked, "abc").ber is not None
     again = wm.embed(image, "abc")
     np.testing.assert_array_equal(np.asarray(again), np.asarray(marked))  # deterministic
@@ -68,7 +71,7 @@ def test_image_held_in_several_blocks_is_copied_once(wm, monkeypatch):
     try:
         Image.core.set_block_size(4096)  # every image below is split across blocks
         split = _photo()
-        assert imageio.pixel_view(split) is None
+        assert pixel_view(split) is None
         np.testing.assert_array_equal(np.asarray(wm.embed(split, "abc")), expected)
     finally:
         Image.core.set_block_size(max(size, Image.core.get_block_size()))
@@ -99,15 +102,15 @@ def test_small_image_gets_a_coarse_grid_and_a_stronger_mark(wm):
     assert wm.tiling.grid_for(90, 96) == 1
     marked_small, marked_big = wm.embed(small, "abc"), wm.embed(photo, "abc")
     assert wm.extract(marked_small, "abc").match
-    assert imageio.psnr(np.asarray(small), np.asarray(marked_small)) < \
-        imageio.psnr(np.asarray(photo), np.asarray(marked_big)) - 6
+    assert psnr(np.asarray(small), np.asarray(marked_small)) < \
+        psnr(np.asarray(photo), np.asarray(marked_big)) - 6
 
 
 def test_a_marked_image_can_be_marked_again(wm):
     """`embed` returns an image over memory it does not own; reading or marking it again copies
     instead of exporting that memory (which crashed Pillow)."""
     marked = wm.embed(_photo(), "abc")
-    assert imageio.pixel_view(marked) is None
+    assert pixel_view(marked) is None
     twice = wm.embed(marked, "def")
     assert twice.size == marked.size and wm.extract(twice, "def").ber is not None
 
@@ -132,5 +135,5 @@ def test_a_capped_grid_marks_fewer_tiles_more_strongly(wm):
     full, three = wm.embed(photo, "abc"), capped.embed(photo, "abc")
     read = wm.extract(three, "abc")
     assert read.detected and read.match and read.grid == 3
-    drop = imageio.psnr(np.asarray(photo), np.asarray(full)) - imageio.psnr(np.asarray(photo), np.asarray(three))
+    drop = psnr(np.asarray(photo), np.asarray(full)) - psnr(np.asarray(photo), np.asarray(three))
     assert drop == pytest.approx(20 * np.log10(5 / 3), abs=1.5)

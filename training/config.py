@@ -39,7 +39,7 @@ class ModelConfig:
     regions get less of the mark. The value is the floor (smaller = stronger masking)."""
     tile_grid: int = 1
     """Serving layout written to the model card: the pipeline repeats the payload over up to
-    tile_grid x tile_grid tiles of an image, one working view each (see pipeline/tiling.py)."""
+    tile_grid x tile_grid tiles of an image, one working view each (see filigree/tiling.py)."""
     min_tile: int = 96
     """Smallest tile side, in image pixels, the pipeline marks with (small images get fewer tiles)."""
     template_weight: float = 0.35

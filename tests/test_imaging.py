@@ -1,10 +1,9 @@
-"""Tests for pipeline.imageio: images are generated on the fly."""
+"""Tests for filigree.imaging (decoding, encoding, kernels, metrics, pixel memory): images are
+generated on the fly."""
 
 from __future__ import annotations
 
 import io
-import os
-import random
 import struct
 import time
 import warnings
@@ -12,22 +11,15 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile, ImageOps, PngImagePlugin
 
 from imagefiles import encoded as _save, srgb_icc as _srgb_icc
-from filigree import imageio
-from filigree.imageio import (
-    ImageDecodeError,
-    decode_image,
-    encode_image,
-    psnr,
-    read_bytes,
-    safe_relative_output,
-    ssim,
-    to_working_size,
-    upsample_residual,
-    write_atomically,
-)
+from filigree.imaging import decode
+from filigree.imaging.decode import ImageDecodeError, decode_image
+from filigree.imaging.encode import encode_image
+from filigree.imaging.kernels import add_residual, to_working_size, upsample_residual, working_view
+from filigree.imaging.metrics import psnr, ssim
+from filigree.imaging.pixels import pil_image, pixel_view, to_float_rgb
 
 H, W = 24, 32
 
@@ -49,7 +41,7 @@ def _noise(shape: tuple[int, ...], seed: int = 0, dtype=np.uint8) -> np.ndarray:
     return _rng(seed).integers(0, np.iinfo(dtype).max + 1, shape, dtype=dtype)
 
 
-def _roundtrip(data: bytes, **options) -> tuple[imageio.DecodedImage, imageio.DecodedImage]:
+def _roundtrip(data: bytes, **options) -> tuple[decode.DecodedImage, decode.DecodedImage]:
     first = decode_image(data)
     second = decode_image(encode_image(first, first.rgb, **options))
     return first, second
@@ -379,7 +371,7 @@ def test_xmp_text_comment_and_dpi_preserved() -> None:
     assert first.xmp == second.xmp == xmp
     assert first.comment == second.comment == b"hello"
     assert second.dpi == pytest.approx((300, 300))
-    info = imageio.PngImagePlugin.PngInfo()
+    info = PngImagePlugin.PngInfo()
     info.add_text("parameters", "seed 1")
     info.add_itxt("XML:com.adobe.xmp", xmp.decode())
     first, second = _roundtrip(_save(image, "PNG", pnginfo=info, dpi=(72, 72)))
@@ -435,7 +427,7 @@ def test_error_is_value_error_with_code() -> None:
     with pytest.raises(ValueError) as info:
         decode_image(b"")
     assert isinstance(info.value, ImageDecodeError)
-    assert info.value.code == "empty" and info.value.code in imageio.ERROR_CODES
+    assert info.value.code == "empty" and info.value.code in decode.ERROR_CODES
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"])
@@ -475,7 +467,7 @@ def test_unsupported_format() -> None:
 def test_format_detected_by_content(tmp_path) -> None:
     path = tmp_path / "photo.jpg"
     path.write_bytes(_save(Image.fromarray(_gradient()), "PNG"))
-    decoded = decode_image(read_bytes(str(path)))
+    decoded = decode_image(path.read_bytes())
     assert decoded.format == "PNG"
     assert _save(Image.new("RGB", (1, 1)), "PNG")[:4] == encode_image(decoded, decoded.rgb)[:4]
 
@@ -570,131 +562,6 @@ def test_upsample_constant_stays_constant() -> None:
     np.testing.assert_allclose(out, 0.25, atol=1e-7)
 
 
-# ------------------------------------------------------------------------------- file I/O
-
-
-def test_write_atomically_writes_overwrites_and_cleans_up(tmp_path) -> None:
-    target = tmp_path / "out" / "marked" / "deep" / "a.png"
-    write_atomically(str(target), b"first")
-    assert target.read_bytes() == b"first"
-    write_atomically(str(target), b"second version")
-    assert target.read_bytes() == b"second version"
-    assert read_bytes(str(target)) == b"second version"
-    assert os.listdir(target.parent) == ["a.png"]
-
-
-def test_write_atomically_gz_name_is_not_compressed(tmp_path) -> None:
-    target = tmp_path / "x.gz"
-    write_atomically(str(target), b"raw bytes")
-    assert target.read_bytes() == b"raw bytes" and read_bytes(str(target)) == b"raw bytes"
-
-
-def test_write_atomically_failure_leaves_no_temp(tmp_path, monkeypatch) -> None:
-    from apache_beam.io.filesystems import FileSystems
-
-    def broken_rename(sources, destinations):
-        raise IOError("rename failed")
-
-    monkeypatch.setattr(FileSystems, "rename", staticmethod(broken_rename))
-    with pytest.raises(IOError):
-        write_atomically(str(tmp_path / "a.jpg"), b"data")
-    assert os.listdir(tmp_path) == []
-
-
-def test_write_atomically_on_gcs(gcs_bucket) -> None:
-    path = f"gs://{gcs_bucket.name}/out/marked/sub/a.jpg"
-    write_atomically(path, b"first")
-    write_atomically(path, b"second version")
-    assert read_bytes(path) == b"second version"
-    blobs = list(gcs_bucket.list_blobs())
-    assert [blob.name for blob in blobs] == ["out/marked/sub/a.jpg"]
-    assert blobs[0].content_type == "image/jpeg"
-
-
-def test_write_atomically_concurrent_writers_leave_one_file(tmp_path) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
-    target = str(tmp_path / "same.png")
-    payloads = [bytes([i]) * 1000 for i in range(8)]
-    with ThreadPoolExecutor(4) as pool:
-        list(pool.map(lambda data: write_atomically(target, data), payloads))
-    assert os.listdir(tmp_path) == ["same.png"]
-    assert (tmp_path / "same.png").read_bytes() in payloads
-
-
-# ------------------------------------------------------------------------------- output paths
-
-
-@pytest.mark.parametrize(
-    "root, path, expected",
-    [
-        ("/data/in", "/data/in/a/b.jpg", "a/b.jpg"),
-        ("/data/in/", "/data/in/a/b.jpg", "a/b.jpg"),
-        ("gs://bucket/in", "gs://bucket/in/x/y.png", "x/y.png"),
-        ("GS://bucket/in", "gs://bucket/in/y.png", "y.png"),
-        ("gs://bucket/in", "gs://bucket/input/y.png", "_external/bucket/input/y.png"),
-        ("gs://bucket/in", "gs://other/in/y.png", "_external/other/in/y.png"),
-        ("gs://bucket/in", "s3://bucket/in/y.png", "_external/bucket/in/y.png"),
-        ("/data/in", "gs://bucket/data/in/y.png", "_external/bucket/data/in/y.png"),
-        ("/data/in", "/data/in/../secret/x.jpg", "_external/data/secret/x.jpg"),
-        ("/data/in", "/data/in/a/../../../../etc/passwd", "_external/etc/passwd"),
-        ("/data/in", "/etc/passwd", "_external/etc/passwd"),
-        ("/data/in", "/data/in/./a/./b.jpg", "a/b.jpg"),
-        ("/data/in", "/data/in/a/../b.jpg", "b.jpg"),
-        ("/data/in", "/data/in//a///b.jpg", "a/b.jpg"),
-        ("/data/in", "/data/in/a\\..\\..\\b.jpg", "_external/data/b.jpg"),
-        ("/data/in", "/data/in/single.jpg", "single.jpg"),
-        ("/data/in/sub", "/data/in/..", "_external/data"),
-        ("/data/in/one.jpg", "/data/in/one.jpg", "one.jpg"),
-        ("C:\\photos", "C:\\photos\\2024\\a.jpg", "2024/a.jpg"),
-        ("/data/in", "C:\\Windows\\a.jpg", "_external/C/Windows/a.jpg"),
-        ("file:///data/in", "/data/in/a.jpg", "a.jpg"),
-        ("/", "/x/y.jpg", "x/y.jpg"),
-        ("/data/in", "/data/in/bad\x00name\n.jpg", "bad_name_.jpg"),
-    ],
-)
-def test_safe_relative_output_cases(root: str, path: str, expected: str) -> None:
-    assert safe_relative_output(root, path) == expected
-
-
-def test_safe_relative_output_relative_against_absolute() -> None:
-    here = os.path.abspath("photos")
-    assert safe_relative_output("photos", os.path.join(here, "a.jpg")) == "a.jpg"
-    assert safe_relative_output(here, "photos/sub/a.jpg") == "sub/a.jpg"
-
-
-@pytest.mark.parametrize("path", ["", "/", "..", "gs://", "./.", "\\", "/..", "gs://../."])
-def test_safe_relative_output_without_name_raises(path: str) -> None:
-    with pytest.raises(ValueError):
-        safe_relative_output("/data/in/sub", path)
-
-
-def _assert_contained(relative: str) -> None:
-    assert relative and not relative.startswith("/") and "\\" not in relative
-    assert "://" not in relative and "\x00" not in relative
-    parts = relative.split("/")
-    assert all(part not in ("", ".", "..") for part in parts), relative
-    base = "/srv/out/marked"
-    assert os.path.normpath(os.path.join(base, relative)).startswith(base + "/")
-
-
-def test_safe_relative_output_never_escapes_fuzz() -> None:
-    pieces = ["a", "b.jpg", "..", ".", "", "/", "\\", "gs://", "C:", "~", "%2e%2e", "\x00",
-              "in", "data", "...", " ", "file://", "x:y"]
-    roots = ["/data/in", "data/in", "gs://bucket/in", "", "/", "C:\\in"]
-    generator = random.Random(0)
-    for _ in range(3000):
-        path = "".join(generator.choice(pieces) + generator.choice(["/", "", "\\"])
-                       for _ in range(generator.randint(1, 8)))
-        root = generator.choice(roots)
-        try:
-            relative = safe_relative_output(root, path)
-        except ValueError:
-            continue
-        _assert_contained(relative)
-        assert safe_relative_output(root, path) == relative
-
-
 # ------------------------------------------------------------------------------- metrics
 
 
@@ -724,7 +591,7 @@ def test_ssim() -> None:
 
 
 def _arrow_views() -> bool:
-    return imageio.pixel_view(Image.new("RGB", (2, 2))) is not None
+    return pixel_view(Image.new("RGB", (2, 2))) is not None
 
 
 def test_decoded_pixels_are_native_read_only_views() -> None:
@@ -757,7 +624,7 @@ def test_integer_pixels_are_encoded_as_they_are(case: str) -> None:
 def test_pil_image_shares_memory_and_psnr_fast_path_agrees() -> None:
     first = decode_image(_save(Image.fromarray(_gradient(64, 80)), "JPEG", quality=80))
     second = decode_image(encode_image(first, first.pixels, jpeg_quality=60))
-    np.testing.assert_array_equal(np.asarray(imageio.pil_image(first.pixels)), first.pixels)
+    np.testing.assert_array_equal(np.asarray(pil_image(first.pixels)), first.pixels)
     packed = [np.ascontiguousarray(d.pixels) for d in (first, second)]
     assert psnr(first.pixels, second.pixels) == pytest.approx(psnr(*packed), rel=1e-6)
 
@@ -772,8 +639,8 @@ def _native_cases() -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("kind", ["rgb-view", "rgb-packed", "grey", "grey16"])
 def test_working_view_equals_the_float_path(kind: str) -> None:
     pixels = _native_cases()[kind]
-    np.testing.assert_array_equal(imageio.working_view(pixels, 16),
-                                  to_working_size(imageio.to_float_rgb(pixels), 16))
+    np.testing.assert_array_equal(working_view(pixels, 16),
+                                  to_working_size(to_float_rgb(pixels), 16))
 
 
 def _reference_mark(pixels: np.ndarray, residual: np.ndarray, scale: float) -> np.ndarray:
@@ -794,7 +661,7 @@ def test_add_residual_matches_reference(kind: str, channels: int, amplitude: flo
     before = pixels.copy()
     residual = _rng(7).normal(0, amplitude, (16, 16, channels)).astype(np.float32)
     scale = 1.5 * (65535 if pixels.dtype == np.uint16 else 255)
-    marked = imageio.add_residual(pixels, residual, scale)
+    marked = add_residual(pixels, residual, scale)
     assert marked.shape == pixels.shape and marked.dtype == pixels.dtype
     np.testing.assert_array_equal(pixels, before)
     diff = np.abs(marked.astype(np.int64) - _reference_mark(pixels, residual, scale))
@@ -806,13 +673,13 @@ def test_add_residual_matches_reference(kind: str, channels: int, amplitude: flo
 def test_add_residual_rounds_half_up_and_saturates() -> None:
     grey = np.array([[0, 3, 10, 250, 255]], np.uint8)
     up = np.full((4, 4, 1), 5.2 / 255, np.float32)
-    np.testing.assert_array_equal(imageio.add_residual(grey, up, 255.0), [[5, 8, 15, 255, 255]])
-    np.testing.assert_array_equal(imageio.add_residual(grey, -up, 255.0), [[0, 0, 5, 245, 250]])
+    np.testing.assert_array_equal(add_residual(grey, up, 255.0), [[5, 8, 15, 255, 255]])
+    np.testing.assert_array_equal(add_residual(grey, -up, 255.0), [[0, 0, 5, 245, 250]])
     colour = np.dstack([grey, grey[:, ::-1], grey])
-    np.testing.assert_array_equal(imageio.add_residual(colour, up, 255.0)[..., 1], [[255, 255, 15, 8, 5]])
+    np.testing.assert_array_equal(add_residual(colour, up, 255.0)[..., 1], [[255, 255, 15, 8, 5]])
     half = np.full((4, 4, 1), 0.5, np.float32)  # exactly 2.5 levels at scale 5: rounds up to 3
-    np.testing.assert_array_equal(imageio.add_residual(grey, half, 5.0), [[3, 6, 13, 253, 255]])
+    np.testing.assert_array_equal(add_residual(grey, half, 5.0), [[3, 6, 13, 253, 255]])
     with pytest.raises(ValueError):
-        imageio.add_residual(grey.astype(np.float32), up, 255.0)
+        add_residual(grey.astype(np.float32), up, 255.0)
     with pytest.raises(ValueError):
-        imageio.add_residual(grey, np.full((4, 4, 1), np.nan, np.float32), 255.0)
+        add_residual(grey, np.full((4, 4, 1), np.nan, np.float32), 255.0)

@@ -1,0 +1,1 @@
+"""Benchmark scripts (run as files, see each one's docstring) and the helpers they share."""

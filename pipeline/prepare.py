@@ -1,0 +1,113 @@
+"""The decode stage: Job -> (path, Item) with the payload's bits and the working-size views for
+inference, or an error/skipped record. Reads are retried, decoding runs under a timeout."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.metrics import Metrics
+
+from filigree.imaging import decode
+from filigree.payload import PayloadCodec, PayloadError, format_payload
+from filigree.tiling import Tiling, read_views, tile_views
+from pipeline import storage
+from pipeline.options import RunConfig
+from pipeline.planning import Item, Job, existing_output, output_path
+from pipeline.progress import NAMESPACE
+from pipeline.records import StepFailure, new_record, skipped_record
+from pipeline.verify import search_copy
+
+class Prepare(beam.DoFn):
+    """Job -> (path, Item) ready for inference, or an error/skipped record (tag 'records')."""
+
+    def __init__(self, cfg: RunConfig, codec: PayloadCodec, working_size: int, tiling: Tiling):
+        self.cfg, self.codec, self.working_size, self.tiling = cfg, codec, working_size, tiling
+        self.read_counter = Metrics.counter(NAMESPACE, "read")
+        self.failed_counter = Metrics.counter(NAMESPACE, "failed")
+
+    def process(self, job: Job):
+        cfg = self.cfg
+        base = {"line": job.line}
+        record = new_record(job.path, cfg.mode, **base)
+        try:
+            if cfg.mode == "embed":
+                output_path(cfg, job)  # refuses, early, a target outside the output folder
+                existing = existing_output(cfg, job) if cfg.skip_existing else None
+                if existing is not None:
+                    yield beam.pvalue.TaggedOutput("records", skipped_record(
+                        job.path, cfg.mode, "exists", "marked output already exists (--skip_existing)",
+                        output=existing, **base))
+                    return
+            bits, payload = self._payload_bits(job)
+            record["payload"] = payload
+            decoded = self._decode(self._read(job.path))
+        except StepFailure as failure:
+            self.failed_counter.inc()
+            yield beam.pvalue.TaggedOutput("records", {**record, "status": "error",
+                                                       "error_code": failure.code, "error": failure.message})
+            return
+        self.read_counter.inc()
+        record.update(width=decoded.width, height=decoded.height, format=decoded.format,
+                      notes=list(decoded.notes))
+        if cfg.mode == "embed":
+            grid = self.tiling.grid_for(decoded.height, decoded.width, cfg.max_grid)
+            view = tile_views(decoded.pixels, grid, self.working_size)
+        else:
+            view = read_views(decoded.pixels, self.tiling, self.working_size)
+        sources = {"clean": search_copy(decoded.pixels, self.working_size, self.tiling)} if cfg.reframe else {}
+        yield job.path, Item(job, record, decoded, bits, {"clean": view}, sources)
+
+    def _payload_bits(self, job: Job) -> tuple[np.ndarray | None, str | None]:
+        if job.payload is None:
+            return None, None
+        try:
+            value = self.codec.parse(job.payload)
+            return self.codec.encode(value), format_payload(value, self.codec.data_bits)
+        except PayloadError as exc:
+            raise StepFailure("bad_payload", str(exc)) from None
+
+    @staticmethod
+    def _read(path: str) -> bytes:
+        try:
+            return storage.with_retries(lambda: storage.read_bytes(path), "reading an image")
+        except FileNotFoundError:
+            raise StepFailure("not_found", "image file not found") from None
+        except IsADirectoryError:
+            raise StepFailure("read_error", "cannot read image: it is a directory") from None
+        except Exception as exc:  # noqa: BLE001 - any I/O failure is this image's error
+            message = str(exc)
+            code = "not_found" if "not found" in message.lower() or "no such file" in message.lower() else "read_error"
+            raise StepFailure(code, f"cannot read image: {message[:300]}") from None
+
+    def _decode(self, data: bytes) -> decode.DecodedImage:
+        try:
+            return decode_with_timeout(data, self.cfg.max_pixels, self.cfg.decode_timeout_s)
+        except decode.ImageDecodeError as exc:
+            raise StepFailure(exc.code, str(exc)) from None
+        except MemoryError:
+            raise StepFailure("too_large", "not enough memory to decode this image") from None
+        except Exception as exc:  # noqa: BLE001 - a decoder bug on hostile input is this image's error
+            raise StepFailure("corrupt", f"cannot decode image: {type(exc).__name__}: {exc}"[:300]) from None
+
+
+def decode_with_timeout(data: bytes, max_pixels: int, timeout_s: float) -> decode.DecodedImage:
+    """Decode in a worker thread; give up (ImageDecodeError 'timeout') after `timeout_s`."""
+    result: dict[str, Any] = {}
+
+    def work():
+        try:
+            result["image"] = decode.decode_image(data, max_pixels=max_pixels)
+        except BaseException as exc:  # noqa: BLE001 - handed back to the caller below
+            result["error"] = exc
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise decode.ImageDecodeError("timeout", f"decoding took longer than {timeout_s:g} s")
+    if "error" in result:
+        raise result["error"]
+    return result["image"]

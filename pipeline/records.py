@@ -1,0 +1,68 @@
+"""Report records: one per matched image and manifest row (see `pipeline.graph` for the
+reliability contract), the per-image failure that becomes an error record, and the read-back
+fields of a record."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from filigree.payload import ReadResult
+
+def new_record(image: str, mode: str, **fields: Any) -> dict:
+    """A report record with every key present."""
+    record = {
+        "image": image, "status": "ok", "error": None, "error_code": None, "output": None,
+        "payload": None, "decoded": None, "detected": None, "p_value": None, "ber": None,
+        "corrected": None, "match": None, "psnr": None, "attacks": {}, "width": None,
+        "height": None, "format": None, "line": None, "notes": [], "mode": mode,
+    }
+    record.update(fields)
+    return record
+
+
+def error_record(image: str, mode: str, code: str, message: str, **fields: Any) -> dict:
+    return new_record(image, mode, status="error", error_code=code, error=message, **fields)
+
+
+def skipped_record(image: str, mode: str, code: str, message: str, **fields: Any) -> dict:
+    return new_record(image, mode, status="skipped", error_code=code, error=message, **fields)
+
+
+class StepFailure(Exception):
+    """This image's expected failure (`code`: the record's `error_code`), raised inside a step and
+    turned into its error record by the step."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+UNCHANGED_NOTE = ("unchanged: the marked image equals the input (its pixels are saturated where the "
+                  "mark would go), so it carries no mark")
+
+
+def read_fields(read: ReadResult) -> dict:
+    fields = {"decoded": read.decoded, "detected": bool(read.detected), "p_value": _round_p(read.p_value),
+              "ber": None if read.ber is None else round(read.ber, 6), "corrected": read.corrected,
+              "match": read.match}
+    return _with_framing(fields, read)
+
+
+def attack_fields(read: ReadResult) -> dict:
+    fields = {"ber": None if read.ber is None else round(read.ber, 6), "decoded": read.decoded,
+              "detected": bool(read.detected), "p_value": _round_p(read.p_value), "match": read.match}
+    return _with_framing(fields, read)
+
+
+def _with_framing(fields: dict, read: ReadResult) -> dict:
+    """`fields` plus, for a mark that was found, the tile grid (tiled bundles) and the framing
+    (a re-framing search) that read it."""
+    if read.grid is not None and read.detected:
+        fields["grid"] = read.grid
+    if read.framing is not None:
+        fields["framing"] = read.framing
+    return fields
+
+
+def _round_p(p: float) -> float:
+    return float(f"{p:.6g}")
