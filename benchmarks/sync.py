@@ -1,7 +1,8 @@
 """Re-synchronisation of the periodic layout (`filigree.sync`) under geometric edits.
 
-    PYTHONPATH=. nice -n 10 .venv/bin/python benchmarks/sync.py                 # all dev photos
-    PYTHONPATH=. .venv/bin/python benchmarks/sync.py --photos 8 --strengths 2.0  # quick look
+    PYTHONPATH=. nice -n 10 .venv/bin/python benchmarks/sync.py                 # all 56 dev photos
+    PYTHONPATH=. nice -n 10 .venv/bin/python benchmarks/sync.py --stride 4      # every 4th photo
+    PYTHONPATH=. .venv/bin/python benchmarks/sync.py --photos 8 --edits none --timing-photos 8
 
 Each development photo (/work/shared/data/photos, never the reserved held-out sets) is marked at
 native resolution with the periodic layout of a random band-limited tile standing in for the

@@ -21,7 +21,7 @@ import numpy as np
 MIN_LAG = 12
 """Shortest period looked for, in analysis pixels."""
 PEAK_COUNT = 24
-"""Strongest autocorrelation peaks that seed candidate lattices."""
+"""Most prominent of the strongest autocorrelation peaks, which seed candidate lattices."""
 FINER_RATIO = 1.0
 """A finer lattice replaces coarser ones it contains when it scores at least this share of them
 (the score of a lattice with the same peaks and more empty points is lower)."""
@@ -256,8 +256,9 @@ def lattice_candidates(
     ac: float32 [h, w] from `autocorrelation` (lag (0, 0) at the centre). scale: (sy, sx) of
     the analysis image (`analysis_luma`); the lattice is square in the input's pixels, so its
     two period vectors are perpendicular and equally long there. Lags below `min_lag` or beyond
-    min(h, w) / 2 are ignored; z = (AC - mean) / std over that ring. Returns [] when the ring is
-    empty or flat.
+    min(h, w) / 2 are ignored; z = (AC - mean) / std per 2-px ring of lag lengths. A lattice
+    that lies on one already kept (2 v1, v1 + v2, ...) is skipped; a finer one that scores at
+    least as well replaces those it contains. Returns [] when the ring is empty or flat.
     """
     peak_map = _PeakMap(np.asarray(ac, dtype=np.float32), scale, min_lag)
     if peak_map.rmax < 1.5 * min_lag or not peak_map.valid:
@@ -296,7 +297,7 @@ def lattice_candidates(
             continue
         if not coarser and len(chosen) >= max_lattices:
             continue
-        # A finer lattice that scores nearly as well explains every peak of the coarser ones.
+        # A finer lattice that scores as well explains every peak of the coarser ones.
         chosen = [c for c in chosen if not any(c is k for k in coarser)]
         chosen.append(Lattice(basis=basis, score=max([score] + [c.score for c in coarser])))
     chosen.sort(key=lambda lattice: -lattice.score)
