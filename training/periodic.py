@@ -139,30 +139,31 @@ def whiten(y, window: int = 15, offset: float = 2.0 / 255.0):
     return error / (ops.sqrt(var + 1e-12) + offset)
 
 
-def band_limited_templates(count: int, tile: int, seed: int, low: float = 3.0, high: float = 24.0) -> np.ndarray:
-    """`count` zero-mean, unit-RMS circular patterns [count, T, T] whose spectrum is flat between
-    radial frequencies `low` and `high` (cycles per tile): stand-ins for key-derived sync
-    templates during training."""
-    rng = np.random.default_rng(seed)
-    f = np.fft.fftfreq(tile) * tile
-    radius = np.hypot(f[:, None], f[None, :])
-    band = (radius >= low) & (radius <= high)
-    spectra = (rng.standard_normal((count, tile, tile)) + 1j * rng.standard_normal((count, tile, tile))) * band
-    patterns = np.real(np.fft.ifft2(spectra, axes=(1, 2)))
-    patterns -= patterns.mean(axis=(1, 2), keepdims=True)
-    patterns /= patterns.std(axis=(1, 2), keepdims=True)
-    return patterns.astype(np.float32)
+def training_templates(count: int, seed: int) -> np.ndarray:
+    """`count` sync templates [count, T, T] of `count` random keys: the reader's own
+    key-derived templates (`filigree.sync.sync_template`), as many keys as a training run needs
+    so the extractor never learns one key's template."""
+    from filigree.sync import sync_template
+    return np.stack([sync_template(f"training-{seed}-{i}".encode(), 0) for i in range(count)]).astype(np.float32)
 
 
 def periodic_layout(tiles, period, height: int, width: int):
     """Lay [B, T, T, 1] tiles out periodically with `period` pixels (a scalar float tensor) over
-    an H x W canvas, origin at (0, 0): the tile repeated, then resized by period / T (bilinear)."""
-    tile = tiles.shape[1]
-    repeats = tf.cast(tf.math.ceil(tf.cast(max(height, width), tf.float32) / period), tf.int32) + 1
-    tiled = tf.tile(tiles, tf.stack([1, repeats, repeats, 1]))
-    side = tf.cast(tf.math.round(tf.cast(repeats * tile, tf.float32) * period / tile), tf.int32)
-    big = tf.image.resize(tiled, tf.stack([side, side]), method="bilinear")
-    return tf.ensure_shape(big[:, :height, :width, :], [None, height, width, 1])
+    an H x W canvas, origin at (0, 0): pixel (y, x) is the tile at (y T / period, x T / period)
+    modulo T, bilinear between tile samples (`filigree.sync.tile_pattern`'s convention)."""
+    n = tiles.shape[1]
+
+    def axis(length: int):
+        coord = tf.math.floormod(tf.range(length, dtype=tf.float32) * (n / period), float(n))
+        lower = tf.floor(coord)
+        first = tf.math.floormod(tf.cast(lower, tf.int32), n)
+        return first, tf.math.floormod(first + 1, n), coord - lower
+
+    y0, y1, fy = axis(height)
+    x0, x1, fx = axis(width)
+    fy, fx = fy[None, :, None, None], fx[None, None, :, None]
+    rows = tf.gather(tiles, y0, axis=1) * (1.0 - fy) + tf.gather(tiles, y1, axis=1) * fy
+    return tf.gather(rows, x0, axis=2) * (1.0 - fx) + tf.gather(rows, x1, axis=2) * fx
 
 
 def unit_rms(x):
@@ -227,7 +228,7 @@ class PeriodicTask:
         self.generator = build_generator(self.tile, m.payload_bits, m.embedder_channels)
         self.extractor = build_tile_extractor(self.tile, m.payload_bits, m.extractor_channels)
         self.attacks = attack_lib.build_attacks(a)
-        self.templates = tf.constant(band_limited_templates(self.template_bank, self.tile, cfg.seed + 99))
+        self.templates = tf.constant(training_templates(self.template_bank, cfg.seed))
         self.train_sampler = CropSampler(train_photos, self.canvas, cfg.seed)
         self.val_sampler = CropSampler(val_photos, self.canvas, cfg.seed + 1_000_003)
         self.psnr_state = tf.Variable(cfg.loss.psnr_start, dtype=tf.float32, trainable=False, name="psnr_target")
