@@ -128,3 +128,15 @@ def test_serving_signatures(small_task, tmp_path):
     logits = extractor.serve(tile=tf.constant(tile))["logits"].numpy()
     assert logits.shape == (2, 32)
     assert generator.target_psnr == 44.0
+
+
+def test_export_writes_a_loadable_bundle(small_task, tmp_path):
+    from training.export import save_bundle
+    generator, extractor = small_task.serving(0, psnr=44.0)
+    out = save_bundle(str(tmp_path / "bundle"), generator, extractor, {"format": "filigree-bundle/1"})
+    loaded_generator = tf.saved_model.load(os.path.join(out, "embedder")).signatures["serving_default"]
+    loaded_extractor = tf.saved_model.load(os.path.join(out, "extractor")).signatures["serving_default"]
+    bits = tf.constant(np.random.default_rng(0).integers(0, 2, (3, 32)).astype(np.float32))
+    tile = loaded_generator(bits=bits)["tile"]
+    np.testing.assert_allclose(tile.numpy(), generator.serve(bits=bits)["tile"].numpy(), atol=1e-5)
+    assert loaded_extractor(tile=tile)["logits"].shape == (3, 32)
