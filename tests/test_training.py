@@ -178,9 +178,10 @@ def test_resume_is_exact(tiny_run, tmp_path, monkeypatch):
     for key, expected in straight.items():
         # CPU float reductions are not bit-reproducible run to run (measured: up to 1e-6 of a
         # tensor's largest value between two straight runs); a resume bug (data, attack seeds,
-        # optimiser state) moves weights by ~learning_rate and optimiser moments by O(1).
+        # optimiser state) moves weights by ~learning_rate and optimiser moments by O(1). Tensors of
+        # tiny values (second moments near 1e-10) differ by ~1e-9 between loaded runs: the floor.
         scale = float(np.max(np.abs(expected))) if expected.size else 0.0
-        np.testing.assert_allclose(resumed[key], expected, rtol=0, atol=1e-4 * scale + 1e-9, err_msg=key)
+        np.testing.assert_allclose(resumed[key], expected, rtol=0, atol=1e-4 * scale + 1e-7, err_msg=key)
 
 
 # -- attack layers -----------------------------------------------------------------------------
