@@ -2,6 +2,7 @@
 
     python -m pipeline.run                                    # bundled samples -> ./out
     python -m pipeline.run --input DIR --assignments a.csv --output OUT --verify attacks
+    python -m pipeline.run --input gs://b/in/ --assignments 'gs://b/manifests/day-*.csv' --output gs://b/out ...
     python -m pipeline.run --input gs://b/in/ --output gs://b/out --runner DataflowRunner ...
     python -m pipeline.run --mode extract --input OUT/marked --assignments a.csv
 
@@ -37,7 +38,7 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 from filigree.bundle import BundleError, ModelCard, read_card  # noqa: E402
 from filigree.payload import PayloadCodec, PayloadError  # noqa: E402
 from pipeline.graph import Watermark  # noqa: E402
-from pipeline.manifest import InputSpec, check_manifest_header, describe_input, has_scheme  # noqa: E402
+from pipeline.manifest import InputSpec, check_manifests, describe_input, has_scheme  # noqa: E402
 from pipeline.options import RunConfig, parse_run_args  # noqa: E402
 from pipeline.report import format_console_summary, write_summary  # noqa: E402
 from pipeline.summary import SummaryFn  # noqa: E402
@@ -140,9 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.payload is not None:
             codec.parse(cfg.payload)
         if cfg.assignments:
-            if not FileSystems.exists(cfg.assignments):
-                raise ValueError(f"--assignments {cfg.assignments} does not exist")
-            check_manifest_header(cfg.assignments)
+            check_manifests(cfg.assignments)
         spec = resolve_input(cfg.input)
         options = beam_options(beam_args)
         if not options.view_as(GoogleCloudOptions).template_location:  # staging a template runs nothing
