@@ -120,10 +120,10 @@ def lists_input(cfg: RunConfig) -> bool:
 
 
 class ReadManifest(beam.PTransform):
-    """pbegin -> the manifest's rows: main output `RowRef`s keyed by `group_key`, output 'records'
-    the error records of bad rows, output 'shards' one element: the shard paths by ordinal. `pattern` is one file or a glob of shards; each
-    shard is cut into blocks of `block_bytes` (`pipeline.manifest.Block`) that are read in
-    parallel, twice: a first pass counts each block's lines (and finds the CSV header and
+    """pbegin -> {"rows": `RowRef`s keyed by `group_key`, "records": error records of bad rows,
+    "shards": one element, the shard paths by ordinal}. `pattern` is one file or a glob of
+    shards; each shard is cut into blocks of `block_bytes` (`pipeline.manifest.Block`) that are
+    read in parallel, twice: a first pass counts each block's lines (and finds the CSV header and
     records that span lines), a second reads the rows, numbered from the first pass's counts."""
 
     def __init__(self, pattern: str, root: str, mode: str, block_bytes: int = BLOCK_BYTES):

@@ -201,3 +201,15 @@ def test_blocks_of_a_gcs_shard_are_read_by_seeking(gcs_bucket):
     plans = plan_shards([scan_block(block) for block in blocks])
     rows = [row for block in blocks for row in read_block_rows(block, plans[shard], ROOT)]
     assert rows == list(parse_manifest_text(CSV_TEXT, ROOT, "csv", shard=shard))
+
+
+def test_a_failed_planning_group_gives_a_record_per_row_under_its_full_path():
+    from pipeline.graph import dead_letter_records
+
+    group = ("sub/x.jpg", [None, (1, 7, "0b"), (0, 3, "0a")])
+    records = dead_letter_records((group, (RuntimeError, "RuntimeError('boom')", [])), "plan", "embed", ROOT)
+    assert [(r["image"], r["line"], r["payload"], r["status"], r["error_code"]) for r in records] == [
+        ("/data/in/sub/x.jpg", 3, "0a", "error", "internal_error"),
+        ("/data/in/sub/x.jpg", 7, "0b", "error", "internal_error")]
+    [listed_only] = dead_letter_records((("y.jpg", [None]), (RuntimeError, "x", [])), "plan", "embed", ROOT)
+    assert listed_only["image"] == "/data/in/y.jpg" and listed_only["line"] is None
