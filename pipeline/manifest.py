@@ -49,11 +49,22 @@ GLOB_CHARS = "*?["
 
 @dataclass(frozen=True)
 class InputSpec:
-    """How `--input` is listed: a match pattern and the root that relative paths start from."""
+    """How `--input` is listed: match patterns (one listing each, in parallel), the root that
+    relative paths start from, and the files it names exactly (listed whatever their extension)."""
 
     pattern: str
     root: str
     single_file: bool = False
+    patterns: tuple[str, ...] = ()
+    """Every pattern to list (default: `pattern` alone)."""
+    files: tuple[str, ...] = ()
+    """Files named exactly (default: `pattern` when `single_file`)."""
+
+    def __post_init__(self):
+        if not self.patterns:
+            object.__setattr__(self, "patterns", (self.pattern,))
+        if self.single_file and not self.files:
+            object.__setattr__(self, "files", (self.pattern,))
 
 
 @dataclass(frozen=True)
@@ -105,6 +116,34 @@ def describe_input(path: str, is_dir: bool, is_file: bool) -> InputSpec:
     if is_dir or path.endswith("/"):
         return InputSpec(pattern=path.rstrip("/") + "/**", root=path.rstrip("/"))
     return InputSpec(pattern=path + "*", root=_parent(path))
+
+
+INPUT_SEPARATOR = ","
+
+
+def split_inputs(text: str) -> list[str]:
+    """The entries of a comma-separated `--input` list (`gs://b/in/a/,gs://b/in/b/`)."""
+    return [part.strip() for part in text.split(INPUT_SEPARATOR) if part.strip()]
+
+
+def combine_inputs(specs: list[InputSpec]) -> InputSpec:
+    """One listing plan for several inputs: all their patterns, rooted at the deepest folder
+    that holds all their roots (so outputs keep the folders that tell them apart). Raises
+    ValueError for inputs on different filesystems or buckets."""
+    if len(specs) == 1:
+        return specs[0]
+    splits = [split_scheme(spec.root) for spec in specs]
+    schemes = {scheme for scheme, _ in splits}
+    rests = [rest.rstrip("/") or "/" for _, rest in splits]
+    if len(schemes) > 1 or len({rest.startswith("/") for rest in rests}) > 1:
+        raise ValueError("--input: a list of inputs must all be local or all on one filesystem")
+    common = posixpath.commonpath(rests)
+    scheme = schemes.pop()
+    if scheme and not common:
+        raise ValueError("--input: a list of inputs must lie in one bucket")
+    return InputSpec(pattern=specs[0].pattern, root=scheme + common,
+                     patterns=tuple(p for spec in specs for p in spec.patterns),
+                     files=tuple(f for spec in specs for f in spec.files))
 
 
 def _parent(path: str) -> str:

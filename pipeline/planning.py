@@ -6,7 +6,8 @@ The work of a run is its manifest's rows when a manifest names the images (embed
 `--payload`): then nothing is listed, and a row whose file does not exist becomes a `not_found`
 record when it is read. Runs without a manifest, runs with `--payload` (a default for images
 that no row names) and extract mode (which reads every image under `--input`, with or without an
-expected payload) list `--input` as well (`fileio.MatchAll`, one listing per pattern)."""
+expected payload) list `--input` as well (`fileio.MatchAll`: a comma-separated list of folders,
+globs or prefixes is listed in parallel, one listing per entry)."""
 
 from __future__ import annotations
 
@@ -181,11 +182,11 @@ class ListInputs(beam.PTransform):
         keyed, records, shards = [], [], None
         if lists_input(self.cfg):
             keyed.append(pbegin
-                         | "Patterns" >> beam.Create([self.spec.pattern])
+                         | "Patterns" >> beam.Create(list(self.spec.patterns))
                          | "MatchFiles" >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW)
                          | "Paths" >> beam.Map(lambda meta: meta.path)
-                         | "OnlyImages" >> beam.Filter(lambda p, single: single or is_image_name(p),
-                                                       self.spec.single_file)
+                         | "OnlyImages" >> beam.Filter(lambda p, files: p in files or is_image_name(p),
+                                                       frozenset(self.spec.files))
                          | "NotOutputs" >> beam.Filter(lambda p, excluded: not any(relative_to(e, p) for e in excluded),
                                                        excluded_prefixes(self.cfg.output, self.spec.root))
                          | "KeyFound" >> beam.Map(lambda p, root: (group_key(root, p), None), self.spec.root))

@@ -294,13 +294,13 @@ def local_graph(args: list[str]) -> set[str]:
     from pipeline.options import parse_run_args
     from filigree.payload import PayloadCodec
     from filigree.resources import bundled_model_dir
-    from pipeline.run import build_pipeline, resolve_input
+    from pipeline.run import build_pipeline, resolve_inputs
 
     cfg, key, _ = parse_run_args(args)
     model_dir = cfg.model or bundled_model_dir()
     card = read_card(model_dir)
     pipeline = beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner"]))
-    build_pipeline(pipeline, cfg, resolve_input(cfg.input), card, PayloadCodec.from_card(card.raw, key=key),
+    build_pipeline(pipeline, cfg, resolve_inputs(cfg.input), card, PayloadCodec.from_card(card.raw, key=key),
                    model_dir)
     return {t.unique_name for t in pipeline.to_runner_api().components.transforms.values()}
 

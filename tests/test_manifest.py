@@ -213,3 +213,23 @@ def test_a_failed_planning_group_gives_a_record_per_row_under_its_full_path():
         ("/data/in/sub/x.jpg", 7, "0b", "error", "internal_error")]
     [listed_only] = dead_letter_records((("y.jpg", [None]), (RuntimeError, "x", [])), "plan", "embed", ROOT)
     assert listed_only["image"] == "/data/in/y.jpg" and listed_only["line"] is None
+
+
+def test_a_list_of_inputs_is_listed_pattern_by_pattern_from_their_common_root():
+    from pipeline.manifest import combine_inputs, split_inputs
+
+    assert split_inputs(" gs://b/in/a/, gs://b/in/b/*.jpg ,") == ["gs://b/in/a/", "gs://b/in/b/*.jpg"]
+    days = [describe_input("gs://b/in/2026-11-01/", is_dir=True, is_file=False),
+            describe_input("gs://b/in/2026-11-02/*.jpg", is_dir=False, is_file=False),
+            describe_input("gs://b/in/extra/x.png", is_dir=False, is_file=True)]
+    spec = combine_inputs(days)
+    assert spec.root == "gs://b/in"
+    assert spec.patterns == ("gs://b/in/2026-11-01/**", "gs://b/in/2026-11-02/*.jpg", "gs://b/in/extra/x.png")
+    assert spec.files == ("gs://b/in/extra/x.png",)
+    assert combine_inputs(days[:1]) == days[0] and days[0].patterns == ("gs://b/in/2026-11-01/**",)
+    local = combine_inputs([describe_input("/d/a", True, False), describe_input("/e/b", True, False)])
+    assert local.root == "/" and local.patterns == ("/d/a/**", "/e/b/**")
+    with pytest.raises(ValueError, match="one bucket"):
+        combine_inputs([describe_input("gs://b1/in/", True, False), describe_input("gs://b2/in/", True, False)])
+    with pytest.raises(ValueError, match="one filesystem"):
+        combine_inputs([describe_input("gs://b/in/", True, False), describe_input("/d/a", True, False)])

@@ -94,6 +94,21 @@ def test_glob_of_manifest_shards_rows_are_the_work(tmp_path):
     assert read_summary(out)["counts"] == {"total": 5, "ok": 2, "error": 2, "skipped": 1}
 
 
+def test_a_list_of_input_folders_is_listed_in_parallel_under_their_common_root(tmp_path):
+    days = [tmp_path / "incoming" / day for day in ("2026-11-01", "2026-11-02")]
+    for i, day in enumerate(days):
+        day.mkdir(parents=True)
+        photo_crop(PHOTOS[i], 96, 64).save(day / "photo.jpg")
+    (tmp_path / "incoming" / "2026-11-03").mkdir()
+    photo_crop(PHOTOS[2], 96, 64).save(tmp_path / "incoming" / "2026-11-03" / "not-this-day.jpg")
+    out = tmp_path / "out"
+    assert main(["--input", ",".join(str(day) for day in days), "--payload", "0a", "--output", str(out),
+                 "--verify", "none"]) == 0
+    records = read_records(out)
+    assert sorted((os.path.relpath(r["output"], out / "marked"), r["status"]) for r in records) == [
+        ("2026-11-01/photo.jpg", "ok"), ("2026-11-02/photo.jpg", "ok")]
+
+
 def test_extract_mode_compares_with_expected_payloads(tmp_path):
     marked = tmp_path / "marked"
     assert main(["--input", PHOTOS[0], "--payload", "abcdef", "--output", str(marked), "--verify", "none",
