@@ -1,7 +1,7 @@
 """Where the images are, and which payload goes into which image.
 
 Pure functions on strings, plus the few reads that `pipeline.planning.ReadManifest` makes through
-Beam's FileSystems (`read_block_lines`, `read_csv_stream`) and the launcher's header check
+Beam's FileSystems (`scan_block`, `read_block_rows`) and the launcher's header check
 (`check_manifests`). A manifest is one file or a glob of shards (`gs://b/manifests/day-*.csv`),
 each either CSV with a header naming at least `image` and `payload` (extra columns ignored;
 UTF-8 with or without BOM; LF or CRLF line breaks) or JSON Lines (`.jsonl`, `.ndjson`, `.json`)
