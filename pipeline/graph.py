@@ -1,4 +1,5 @@
-"""The Beam graph (`Watermark`): list images and join payload assignments (`pipeline.planning`),
+"""The Beam graph (`Watermark`): read the payload assignments and list images where needed, grouped
+by image path (`pipeline.planning`),
 decode (`pipeline.prepare`), batched embedding through RunInference (`pipeline.handlers`), mark
 and write (`pipeline.marking`), verify after attacks (`pipeline.verify`), and build one record per
 input (`pipeline.records`; what escapes a step becomes a record here, from its dead letter).
@@ -46,7 +47,7 @@ Reliability contract
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Iterable
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
@@ -57,7 +58,7 @@ from pipeline.handlers import EmbedderHandler, ExtractorHandler
 from pipeline.manifest import InputSpec
 from pipeline.marking import MarkAndWrite
 from pipeline.options import RunConfig
-from pipeline.planning import Item, Job, ListInputs, PlanJobs
+from pipeline.planning import Item, Job, ListInputs, PlanJobs, key_path
 from pipeline.prepare import Prepare
 from pipeline.records import new_record
 from pipeline.verify import ReadBack
@@ -70,38 +71,41 @@ _STAGE_TEXT = {"plan": "planning", "decode": "reading or decoding", "embed": "em
                "mark": "marking", "extract": "read-back inference", "read": "read-back"}
 
 
-def dead_letter_records(dead_letter: tuple, stage: str, mode: str) -> list[dict]:
+def dead_letter_records(dead_letter: tuple, stage: str, mode: str, root: str = "") -> list[dict]:
     """Error records for a dead letter `(element, (exception type, repr, traceback lines))` of
-    `stage`: one per image the element carried (a whole inference batch fails together)."""
+    `stage`: one per image the element carried (a whole inference batch fails together; a
+    planning group's key is a `group_key` below `root`)."""
     element, (exc_type, exc_repr, trace) = dead_letter
     name = getattr(exc_type, "__name__", str(exc_type))
     message = f"{_STAGE_TEXT.get(stage, stage)} failed unexpectedly: {exc_repr}"[:500]
     code = DEAD_LETTER_CODES.get(stage, "internal_error")
     records = [{**record, "status": "error", "error_code": code, "error": message}
-               for record in _carried_records(element, mode)]
+               for record in _carried_records(element, mode, root)]
     LOG.warning("%s failed for %d image(s) (%s); they are reported as %r", _STAGE_TEXT.get(stage, stage),
                 len(records), name, code)
     LOG.debug("".join(trace or ()))
     return records
 
 
-def _carried_records(element: Any, mode: str) -> list[dict]:
+def _carried_records(element: Any, mode: str, root: str = "") -> list[dict]:
     """The records (as far as built) of the images that a failed element carried."""
     if isinstance(element, Job):
         return [new_record(element.path, mode, line=element.line, payload=element.payload)]
     if isinstance(element, list):  # an inference batch of (path, Item)
-        return [record for part in element for record in _carried_records(part, mode)]
+        return [record for part in element for record in _carried_records(part, mode, root)]
     if isinstance(element, tuple) and len(element) == 2:
         key, value = element
         if isinstance(value, PredictionResult):
             value = value.example
         if isinstance(value, Item):
             return [dict(value.record)]
-        if isinstance(value, dict) and "rows" in value:  # a planning group
-            rows = sorted(value.get("rows") or [], key=lambda r: r.line)
+        entries = list(value) if isinstance(value, Iterable) and not isinstance(value, (str, bytes, dict)) else None
+        if entries is not None and all(e is None or isinstance(e, tuple) for e in entries):
+            rows = sorted(e for e in entries if e is not None)  # a planning group: RowRefs, None if listed
+            path = key_path(root, str(key)) if root else str(key)
             if not rows:
-                return [new_record(str(key), mode)]
-            return [new_record(str(key), mode, line=row.line, payload=row.payload) for row in rows]
+                return [new_record(path, mode)]
+            return [new_record(path, mode, line=line, payload=payload) for _, line, payload in rows]
     return [new_record(f"<unidentified input: {type(element).__name__}>", mode)]
 
 
@@ -115,16 +119,28 @@ def _side_dead_letters(dlq, stage: str, mode: str, label: str) -> list:
     return sets
 
 
-def guarded(dofn: beam.DoFn, main: str):
+def guarded(dofn: beam.DoFn, main: str, *side_inputs):
     """ParDo of `dofn` with outputs `main`, 'records' and the dead letters 'bad' (exceptions
     that escape `dofn.process`; its outputs for that element are dropped, not half-emitted)."""
-    return (beam.ParDo(dofn).with_output_types(Any, records=dict)
+    return (beam.ParDo(dofn, *side_inputs).with_output_types(Any, records=dict)
             .with_outputs("records", main=main).with_exception_handling())
 
 
-def to_records(dead_letters, stage: str, mode: str, label: str):
-    """Dead letters of `stage` as a PCollection of error records."""
-    return dead_letters | label >> beam.FlatMap(dead_letter_records, stage, mode)
+def to_records(dead_letters, stage: str, mode: str, label: str, root: str = ""):
+    """Dead letters of `stage` as a PCollection of error records (`root`: the input root that
+    planning groups' keys are relative to)."""
+    return dead_letters | label >> beam.FlatMap(dead_letter_records, stage, mode, root)
+
+
+def plan_inputs(pbegin, cfg: RunConfig, spec: InputSpec) -> tuple[Any, list]:
+    """The job's input stage: the manifest's rows and the listing (`ListInputs`) grouped by
+    image into Jobs (`PlanJobs`). Returns (PCollection of `Job`, list of record PCollections:
+    bad rows, skipped/duplicate rows, planning failures)."""
+    listed = pbegin | "ListInputs" >> ListInputs(cfg, spec)
+    planned = (listed["groups"]
+               | "PlanJobs" >> guarded(PlanJobs(cfg, spec.root), "jobs", beam.pvalue.AsSingleton(listed["shards"])))
+    return planned.jobs, [listed["records"], planned.records,
+                          to_records(planned.bad, "plan", cfg.mode, "PlanFailures", spec.root)]
 
 
 class Watermark(beam.PTransform):
@@ -137,15 +153,11 @@ class Watermark(beam.PTransform):
     def expand(self, pbegin):
         cfg, size, mode = self.cfg, self.card.working_size, self.cfg.mode
         tiling = self.card.tiling
-        listed = pbegin | "ListInputs" >> ListInputs(cfg, self.spec)
-        planned = (listed["groups"]
-                   | "PlanJobs" >> guarded(PlanJobs(cfg, self.spec.root), "jobs"))
-        prepared = (planned.jobs
+        jobs, record_sets = plan_inputs(pbegin, cfg, self.spec)
+        prepared = (jobs
                     | "Spread" >> beam.Reshuffle()
                     | "Decode" >> guarded(Prepare(cfg, self.codec, size, tiling), "items"))
-        record_sets = [listed["records"], planned.records, prepared.records,
-                       to_records(planned.bad, "plan", mode, "PlanFailures"),
-                       to_records(prepared.bad, "decode", mode, "DecodeFailures")]
+        record_sets += [prepared.records, to_records(prepared.bad, "decode", mode, "DecodeFailures")]
         extractor = KeyedModelHandler(ExtractorHandler(self.model_dir, cfg.batch_size))
         if mode == "embed":
             embedder = KeyedModelHandler(EmbedderHandler(self.model_dir, cfg.batch_size))

@@ -30,7 +30,7 @@ class RunConfig:
     model: str | None = None
     """Model bundle directory (default: the bundled model)."""
     assignments: str | None = None
-    """CSV (`image,payload`) or JSONL manifest of payloads per image."""
+    """CSV (`image,payload`) or JSONL manifest of payloads per image: one file or a glob of shards."""
     payload: str | None = None
     """Payload for every image without a manifest row."""
     mode: str = "embed"
@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "(default: the bundled samples and their assignments.csv)")
     parser.add_argument("--output", default="out", help="output prefix, local or gs:// (default: ./out)")
     parser.add_argument("--model", help="model bundle directory, local or gs:// (default: bundled model)")
-    parser.add_argument("--assignments", help="CSV (header image,payload) or JSONL manifest")
+    parser.add_argument("--assignments", help="CSV (header image,payload) or JSONL manifest: one file or a "
+                                              "glob of shards, read in parallel")
     parser.add_argument("--payload", help="payload for every image without a manifest row "
                                           "(hex; or dec:123, text:abc)")
     parser.add_argument("--mode", choices=MODES, default="embed")

@@ -1,11 +1,19 @@
-"""Job planning: list the inputs, join them with the manifest's payload assignments, and turn each
-image into a `Job` (or a skipped/error record); where each marked output goes."""
+"""Job planning: read the manifest's payload assignments (in parallel, `ReadManifest`), list the
+inputs when the run needs a listing (`ListInputs`), group both by image path and turn each image
+into a `Job` (or a skipped/error record); where each marked output goes.
+
+The work of a run is its manifest's rows when a manifest names the images (embed mode without
+`--payload`): then nothing is listed, and a row whose file does not exist becomes a `not_found`
+record when it is read. Runs without a manifest, runs with `--payload` (a default for images
+that no row names) and extract mode (which reads every image under `--input`, with or without an
+expected payload) list `--input` as well (`fileio.MatchAll`: a comma-separated list of folders,
+globs or prefixes is listed in parallel, one listing per entry)."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -14,7 +22,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from filigree.imaging import decode
 from pipeline import storage
-from pipeline.manifest import InputSpec, ManifestRow, has_scheme, is_image_name, normalize, read_manifest, relative_to
+from pipeline.manifest import (BLOCK_BYTES, InputSpec, ManifestRow, has_scheme, is_image_name, normalize, plan_shards,
+                               read_block_rows, relative_to, scan_block, shard_blocks)
 from pipeline.options import RunConfig
 from pipeline.records import StepFailure, error_record, skipped_record
 
@@ -46,9 +55,32 @@ class Item:
     hold (see `filigree.tiling.decode_grid`); None: every grid a reader tries."""
 
 
-def plan_jobs(key: str, grouped: dict, cfg: RunConfig, root: str) -> Iterator[Job | dict]:
-    """Jobs and skipped/error records for one path: its listing hits and manifest rows."""
-    rows: list[ManifestRow] = sorted(grouped.get("rows", []), key=lambda r: r.line)
+RowRef = tuple[int, int, str]
+"""A good manifest row as it travels to planning: (shard ordinal, line, payload); the ordinal is
+the shard's place in path order (`pipeline.manifest.ShardPlan`)."""
+
+
+def group_key(root: str, path: str) -> str:
+    """The key that listing hits and manifest rows of `path` are grouped by: its path below
+    `root` when that leads back to exactly `path` (shorter to shuffle), else `path` itself."""
+    relative = relative_to(root, path)
+    return relative if relative and key_path(root, relative) == path else path
+
+
+def key_path(root: str, key: str) -> str:
+    """The path that a `group_key` stands for."""
+    if has_scheme(key) or key.startswith("/"):
+        return key
+    return normalize(root.rstrip("/") + "/" + key)
+
+
+def plan_jobs(key: str, entries: Iterable[RowRef | None], cfg: RunConfig, root: str,
+              shards: Sequence[str] = ()) -> Iterator[Job | dict]:
+    """Jobs and skipped/error records for one group (`key`: a `group_key`): a None for its
+    listing hit, a `RowRef` per manifest row naming it; `shards`: the manifest's shard paths by
+    ordinal. The first row in (shard path, line) order wins."""
+    rows = sorted(entry for entry in entries if entry is not None)
+    key = key_path(root, key)
     relative = output_relative(root, key)
     if not rows:
         if cfg.mode == "extract":
@@ -58,12 +90,16 @@ def plan_jobs(key: str, grouped: dict, cfg: RunConfig, root: str) -> Iterator[Jo
         else:
             yield skipped_record(key, cfg.mode, "no_payload", "no manifest row and no --payload for this image")
         return
-    first, *duplicates = rows
-    yield Job(key, first.payload, first.line, relative)
-    for row in duplicates:
+    (shard, line, payload), *duplicates = rows
+    yield Job(key, payload, line, relative)
+    for other_shard, other_line, other_payload in duplicates:
         yield skipped_record(key, cfg.mode, "duplicate_row",
-                             f"manifest line {row.line} repeats this image; line {first.line} is used",
-                             line=row.line, payload=row.payload)
+                             f"manifest {shard_name(shards, other_shard)} line {other_line} repeats this image; "
+                             f"{shard_name(shards, shard)} line {line} is used", line=other_line, payload=other_payload)
+
+
+def shard_name(shards: Sequence[str], ordinal: int) -> str:
+    return shards[ordinal] if 0 <= ordinal < len(shards) else f"shard {ordinal}"
 
 
 def output_relative(root: str, path: str) -> str:
@@ -78,37 +114,94 @@ def output_relative(root: str, path: str) -> str:
         return "_external/unnamed"
 
 
-class ListInputs(beam.PTransform):
-    """(path, {"found": [...], "rows": [...]}) groups plus records for bad manifest rows."""
+def lists_input(cfg: RunConfig) -> bool:
+    """Whether the run lists `--input`: without a manifest, with `--payload` (a default for
+    images no row names) and in extract mode (every image under `--input` is read)."""
+    return not cfg.assignments or cfg.payload is not None or cfg.mode == "extract"
 
-    def __init__(self, cfg: RunConfig, spec: InputSpec):
+
+class ReadManifest(beam.PTransform):
+    """pbegin -> {"rows": `RowRef`s keyed by `group_key`, "records": error records of bad rows,
+    "shards": one element, the shard paths by ordinal}. `pattern` is one file or a glob of
+    shards; each shard is cut into blocks of `block_bytes` (`pipeline.manifest.Block`) that are
+    read in parallel, twice: a first pass counts each block's lines (and finds the CSV header and
+    records that span lines), a second reads the rows, numbered from the first pass's counts."""
+
+    def __init__(self, pattern: str, root: str, mode: str, block_bytes: int = BLOCK_BYTES):
         super().__init__()
-        self.cfg, self.spec = cfg, spec
+        self.pattern, self.root, self.mode, self.block_bytes = pattern, root, mode, block_bytes
 
     def expand(self, pbegin):
-        found = (pbegin
-                 | "MatchFiles" >> fileio.MatchFiles(self.spec.pattern, empty_match_treatment=
-                                                             fileio.EmptyMatchTreatment.ALLOW)
-                 | "Paths" >> beam.Map(lambda meta: meta.path)
-                 | "OnlyImages" >> beam.Filter(lambda p, single: single or is_image_name(p), self.spec.single_file)
-                 | "NotOutputs" >> beam.Filter(lambda p, excluded: not any(relative_to(e, p) for e in excluded),
-                                               excluded_prefixes(self.cfg.output, self.spec.root))
-                 | "KeyFound" >> beam.Map(lambda p: (p, p)))
-        if not self.cfg.assignments:
-            return {"groups": found | "AsGroups" >> beam.Map(lambda kv: (kv[0], {"found": [kv[1]], "rows": []})),
-                    "records": pbegin | "NoManifestErrors" >> beam.Create([])}
-        rows = (pbegin
-                | "Manifest" >> beam.Create([self.cfg.assignments])
-                | "ReadManifest" >> beam.FlatMap(read_manifest, root=self.spec.root)
-                | "SpreadRows" >> beam.Reshuffle())
-        good, bad = rows | "CheckRows" >> beam.Partition(lambda row, _: int(row.error is not None), 2)
-        bad_records = bad | "BadRowRecords" >> beam.Map(
-            lambda row, mode: error_record(row.image, mode, row.error_code, row.error, line=row.line),
-            self.cfg.mode)
-        keyed_rows = good | "KeyRows" >> beam.Map(lambda row: (row.path, row))
-        groups = ({"found": found, "rows": keyed_rows}
-                  | "JoinManifest" >> beam.CoGroupByKey())
-        return {"groups": groups, "records": bad_records}
+        blocks = (pbegin
+                  | "Pattern" >> beam.Create([self.pattern])
+                  | "MatchShards" >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW)
+                  | "Blocks" >> beam.FlatMap(lambda meta, size: shard_blocks(meta.path, meta.size_in_bytes, size),
+                                             self.block_bytes)
+                  | "SpreadBlocks" >> beam.Reshuffle())
+        plans = (blocks
+                 | "ScanBlocks" >> beam.Map(scan_block)
+                 | "AllScans" >> beam.combiners.ToList()
+                 | "PlanShards" >> beam.Map(plan_shards))
+        read = beam.ParDo(ReadRows(self.root, self.mode), beam.pvalue.AsSingleton(plans))
+        rows = blocks | "ReadRows" >> read.with_output_types(Any, records=dict).with_outputs("records", main="rows")
+        shards = plans | "ShardNames" >> beam.Map(lambda by_path: tuple(sorted(by_path)))
+        return {"rows": rows.rows, "records": rows.records, "shards": shards}
+
+
+class ReadRows(beam.DoFn):
+    """A block and the shards' plans -> (`group_key`, `RowRef`) per good row; error records (tag
+    'records') per bad row, naming the shard and line."""
+
+    def __init__(self, root: str, mode: str):
+        self.root, self.mode = root, mode
+
+    def process(self, block, plans):
+        plan = plans[block.shard]
+        for row in read_block_rows(block, plan, self.root):
+            if row.error is None:
+                yield group_key(self.root, row.path), (plan.ordinal, row.line, row.payload)
+            else:
+                yield beam.pvalue.TaggedOutput("records", bad_row_record(row, self.mode))
+
+
+def bad_row_record(row: ManifestRow, mode: str) -> dict:
+    return error_record(row.image, mode, row.error_code, f"manifest {row.shard} line {row.line}: {row.error}",
+                        line=row.line)
+
+
+class ListInputs(beam.PTransform):
+    """pbegin -> {"groups": (`group_key`, [None per listing hit, `RowRef` per manifest row]),
+    "records": error records of bad manifest rows, "shards": one element, the manifest's shard
+    paths by ordinal (empty without a manifest)}."""
+
+    def __init__(self, cfg: RunConfig, spec: InputSpec, block_bytes: int = BLOCK_BYTES):
+        super().__init__()
+        self.cfg, self.spec, self.block_bytes = cfg, spec, block_bytes
+
+    def expand(self, pbegin):
+        keyed, records, shards = [], [], None
+        if lists_input(self.cfg):
+            keyed.append(pbegin
+                         | "Patterns" >> beam.Create(list(self.spec.patterns))
+                         | "MatchFiles" >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW)
+                         | "Paths" >> beam.Map(lambda meta: meta.path)
+                         | "OnlyImages" >> beam.Filter(lambda p, files: p in files or is_image_name(p),
+                                                       frozenset(self.spec.files))
+                         | "NotOutputs" >> beam.Filter(lambda p, excluded: not any(relative_to(e, p) for e in excluded),
+                                                       excluded_prefixes(self.cfg.output, self.spec.root))
+                         | "KeyFound" >> beam.Map(lambda p, root: (group_key(root, p), None), self.spec.root))
+        if self.cfg.assignments:
+            rows = pbegin | "ReadManifest" >> ReadManifest(self.cfg.assignments, self.spec.root, self.cfg.mode,
+                                                           self.block_bytes)
+            keyed.append(rows["rows"])
+            records.append(rows["records"])
+            shards = rows["shards"]
+        groups = (keyed[0] if len(keyed) == 1 else tuple(keyed) | "Inputs" >> beam.Flatten()) \
+            | "GroupByPath" >> beam.GroupByKey()
+        if not records:
+            records.append(pbegin | "NoManifestErrors" >> beam.Create([]))
+            shards = pbegin | "NoManifest" >> beam.Create([()])
+        return {"groups": groups, "records": records[0], "shards": shards}
 
 
 def absolute_prefix(path: str) -> str:
@@ -134,9 +227,9 @@ class PlanJobs(beam.DoFn):
     def __init__(self, cfg: RunConfig, root: str):
         self.cfg, self.root = cfg, root
 
-    def process(self, element):
-        key, grouped = element
-        for out in plan_jobs(key, grouped, self.cfg, self.root):
+    def process(self, element, shards=()):
+        key, entries = element
+        for out in plan_jobs(key, entries, self.cfg, self.root, shards):
             if isinstance(out, Job):
                 yield out
             else:

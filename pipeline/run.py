@@ -2,6 +2,7 @@
 
     python -m pipeline.run                                    # bundled samples -> ./out
     python -m pipeline.run --input DIR --assignments a.csv --output OUT --verify attacks
+    python -m pipeline.run --input gs://b/in/ --assignments 'gs://b/manifests/day-*.csv' --output gs://b/out ...
     python -m pipeline.run --input gs://b/in/ --output gs://b/out --runner DataflowRunner ...
     python -m pipeline.run --mode extract --input OUT/marked --assignments a.csv
 
@@ -37,7 +38,8 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 from filigree.bundle import BundleError, ModelCard, read_card  # noqa: E402
 from filigree.payload import PayloadCodec, PayloadError  # noqa: E402
 from pipeline.graph import Watermark  # noqa: E402
-from pipeline.manifest import InputSpec, check_manifest_header, describe_input, has_scheme  # noqa: E402
+from pipeline.manifest import (InputSpec, check_manifests, combine_inputs, describe_input, has_scheme,  # noqa: E402
+                               split_inputs)
 from pipeline.options import RunConfig, parse_run_args  # noqa: E402
 from pipeline.report import format_console_summary, write_summary  # noqa: E402
 from pipeline.summary import SummaryFn  # noqa: E402
@@ -54,6 +56,14 @@ def resolve_input(path: str) -> InputSpec:
         is_file, is_dir = os.path.isfile(path), os.path.isdir(path)
         path = os.path.abspath(path) if (is_file or is_dir) else path
     return describe_input(path, is_dir=is_dir, is_file=is_file)
+
+
+def resolve_inputs(text: str) -> InputSpec:
+    """`--input` as one listing plan: one path, or a comma-separated list of them (listed in
+    parallel; a path that exists as given is never split)."""
+    if not has_scheme(text) and os.path.exists(text):
+        return resolve_input(text)
+    return combine_inputs([resolve_input(path) for path in split_inputs(text)])
 
 
 def report_prefix(output: str) -> str:
@@ -140,10 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.payload is not None:
             codec.parse(cfg.payload)
         if cfg.assignments:
-            if not FileSystems.exists(cfg.assignments):
-                raise ValueError(f"--assignments {cfg.assignments} does not exist")
-            check_manifest_header(cfg.assignments)
-        spec = resolve_input(cfg.input)
+            check_manifests(cfg.assignments)
+        spec = resolve_inputs(cfg.input)
         options = beam_options(beam_args)
         if not options.view_as(GoogleCloudOptions).template_location:  # staging a template runs nothing
             clear_report(cfg.output)
@@ -151,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     del key
-    print(f"filigree: {cfg.mode} {spec.pattern} with model {card.name} ({codec.data_bits} data bits) "
+    print(f"filigree: {cfg.mode} {','.join(spec.patterns)} with model {card.name} ({codec.data_bits} data bits) "
           f"-> {cfg.output}", flush=True)
     try:
         with beam.Pipeline(options=options) as pipeline:

@@ -135,8 +135,9 @@ def parser_options() -> dict[str, argparse.Action]:
 
 @pytest.fixture(scope="module")
 def site(gcs_server):
-    """A bucket laid out as docs/dataflow.md assumes: a day of incoming photos and its manifest,
-    photos found in the wild, a model bundle and a key file.
+    """A bucket laid out as docs/dataflow.md assumes: a day of incoming photos and its manifest
+    (one file, and the same rows as shards), photos found in the wild, a model bundle and a key
+    file.
 
     Returns (bucket name, google.cloud.storage client, key)."""
     from google.auth.credentials import AnonymousCredentials
@@ -150,6 +151,9 @@ def site(gcs_server):
             bucket.blob(f"{folder}/{DAY}/{photo.name}").upload_from_filename(str(photo))
     bucket.blob(f"manifests/{DAY}.csv").upload_from_string(
         "image,payload\n" + "".join(f"{p.name},{i + 1:x}\n" for i, p in enumerate(photos)))
+    for i, p in enumerate(photos):  # the same rows as a glob of shards
+        bucket.blob(f"manifests/{DAY}/part-{i:05d}-of-{len(photos):05d}.csv").upload_from_string(
+            f"image,payload\n{p.name},{i + 1:x}\n")
     for path in (DATA / "model").rglob("*"):
         if path.is_file() and "__pycache__" not in path.parts:
             bucket.blob(f"models/default/{path.relative_to(DATA / 'model').as_posix()}").upload_from_filename(str(path))
@@ -290,13 +294,13 @@ def local_graph(args: list[str]) -> set[str]:
     from pipeline.options import parse_run_args
     from filigree.payload import PayloadCodec
     from filigree.resources import bundled_model_dir
-    from pipeline.run import build_pipeline, resolve_input
+    from pipeline.run import build_pipeline, resolve_inputs
 
     cfg, key, _ = parse_run_args(args)
     model_dir = cfg.model or bundled_model_dir()
     card = read_card(model_dir)
     pipeline = beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner"]))
-    build_pipeline(pipeline, cfg, resolve_input(cfg.input), card, PayloadCodec.from_card(card.raw, key=key),
+    build_pipeline(pipeline, cfg, resolve_inputs(cfg.input), card, PayloadCodec.from_card(card.raw, key=key),
                    model_dir)
     return {t.unique_name for t in pipeline.to_runner_api().components.transforms.values()}
 
@@ -403,6 +407,10 @@ def test_gpu_embed_job_stages_the_whole_graph_for_workers(site, jobs):
     expected = expected_config(job.args)
     assert expected["verify"] == "attacks" and expected["skip_existing"] and expected["max_error_rate"] == 0.01
     assert expected["output"] == f"gs://{site[0]}/marked/{DAY}"
+    # A glob of manifest shards, read in parallel blocks; the rows are the work: no listing.
+    assert expected["assignments"] == f"gs://{site[0]}/manifests/{DAY}/part-*.csv"
+    assert {f"Watermark/ListInputs/ReadManifest/{step}" for step in ("MatchShards", "ScanBlocks", "ReadRows")} <= graph
+    assert not any(name.startswith("Watermark/ListInputs/MatchFiles") for name in graph)
     assert job.worker["configs"] and all(c == expected for c in job.worker["configs"])
     assert job.worker["model_dirs"] and set(job.worker["model_dirs"]) == {None}
     assert job.worker["codecs"] >= 2
@@ -415,6 +423,8 @@ def test_extract_job_stages_the_whole_graph_for_workers(site, jobs):
     assert_all_staged(graph, job.worker["names"])
     expected = expected_config(job.args)
     assert expected["mode"] == "extract"
+    assert "Watermark/ListInputs/MatchFiles" in graph  # no manifest: the input is listed
+    assert not any("ReadManifest" in name for name in graph)
     assert job.worker["configs"] and all(c == expected for c in job.worker["configs"])
     assert set(job.worker["model_dirs"]) == {f"gs://{site[0]}/models/default"}
 

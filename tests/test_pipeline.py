@@ -69,6 +69,46 @@ def test_embed_with_manifest_and_attacks(mixed_folder, tmp_path):
     assert os.path.exists(out / "report" / "summary.html")
 
 
+def test_glob_of_manifest_shards_rows_are_the_work(tmp_path):
+    """`--assignments` a glob of CSV and JSON Lines shards: every row ends in one record (its
+    line in its shard), a row naming a missing file is `not_found`, a duplicate across shards
+    loses to the first in (shard path, line) order, and an image under --input that no row names
+    is not listed (the manifest's rows are the work)."""
+    root = tmp_path / "in"
+    root.mkdir()
+    for i, name in enumerate(("a.jpg", "b.png", "unnamed.jpg")):
+        photo_crop(PHOTOS[i], 96, 64).save(root / name)
+    shards = tmp_path / "manifests"
+    shards.mkdir()
+    (shards / "part-0.csv").write_bytes("\ufeffimage,payload\r\na.jpg,0a\r\nmissing.jpg,0b\r\n".encode())
+    (shards / "part-1.jsonl").write_text('{"image": "b.png", "payload": "0c"}\n{"image": "a.jpg", "payload": "0d"}\n'
+                                         '{"image": "../x.jpg", "payload": "0e"}\n')
+    out = tmp_path / "out"
+    assert main(["--input", str(root), "--assignments", str(shards / "part-*"), "--output", str(out),
+                 "--verify", "none"]) == 0
+    got = sorted((os.path.basename(r["image"]), r["line"], r["status"], r["error_code"]) for r in read_records(out))
+    assert got == [("a.jpg", 2, "ok", None), ("a.jpg", 2, "skipped", "duplicate_row"), ("b.png", 1, "ok", None),
+                   ("missing.jpg", 3, "error", "not_found"), ("x.jpg", 3, "error", "bad_path")]
+    [duplicate] = [r for r in read_records(out) if r["status"] == "skipped"]
+    assert duplicate["payload"] == "0d" and "part-0.csv line 2 is used" in duplicate["error"]
+    assert read_summary(out)["counts"] == {"total": 5, "ok": 2, "error": 2, "skipped": 1}
+
+
+def test_a_list_of_input_folders_is_listed_in_parallel_under_their_common_root(tmp_path):
+    days = [tmp_path / "incoming" / day for day in ("2026-11-01", "2026-11-02")]
+    for i, day in enumerate(days):
+        day.mkdir(parents=True)
+        photo_crop(PHOTOS[i], 96, 64).save(day / "photo.jpg")
+    (tmp_path / "incoming" / "2026-11-03").mkdir()
+    photo_crop(PHOTOS[2], 96, 64).save(tmp_path / "incoming" / "2026-11-03" / "not-this-day.jpg")
+    out = tmp_path / "out"
+    assert main(["--input", ",".join(str(day) for day in days), "--payload", "0a", "--output", str(out),
+                 "--verify", "none"]) == 0
+    records = read_records(out)
+    assert sorted((os.path.relpath(r["output"], out / "marked"), r["status"]) for r in records) == [
+        ("2026-11-01/photo.jpg", "ok"), ("2026-11-02/photo.jpg", "ok")]
+
+
 def test_extract_mode_compares_with_expected_payloads(tmp_path):
     marked = tmp_path / "marked"
     assert main(["--input", PHOTOS[0], "--payload", "abcdef", "--output", str(marked), "--verify", "none",
