@@ -146,11 +146,11 @@ class Watermark(beam.PTransform):
         record_sets = [listed["records"], planned.records, prepared.records,
                        to_records(planned.bad, "plan", mode, "PlanFailures"),
                        to_records(prepared.bad, "decode", mode, "DecodeFailures")]
-        extractor = KeyedModelHandler(ExtractorHandler(self.model_dir, cfg.batch_size))
+        extractor = KeyedModelHandler(ExtractorHandler(self.model_dir, cfg.batch_size, cfg.verbose))
         if mode == "embed":
-            embedder = KeyedModelHandler(EmbedderHandler(self.model_dir, cfg.batch_size))
+            embedder = KeyedModelHandler(EmbedderHandler(self.model_dir, cfg.batch_size, cfg.verbose))
             residuals, embed_dlq = prepared.items | "Embed" >> RunInference(embedder).with_exception_handling()
-            marked = residuals | "MarkAndWrite" >> guarded(MarkAndWrite(cfg, self.card, size), "items")
+            marked = residuals | "MarkAndWrite" >> guarded(MarkAndWrite(cfg, self.card, size, self.codec), "items")
             record_sets += [marked.records, to_records(embed_dlq.failed_inferences, "embed", mode, "EmbedFailures"),
                             to_records(marked.bad, "mark", mode, "MarkFailures")]
             to_read = marked.items
@@ -158,7 +158,7 @@ class Watermark(beam.PTransform):
             to_read = prepared.items
         logits, extract_dlq = to_read | "Extract" >> RunInference(extractor).with_exception_handling()
         read, read_bad = (logits
-                          | "ReadBack" >> beam.ParDo(ReadBack(self.codec, cfg.fpr, self.model_dir, cfg.reframe, tiling))
+                          | "ReadBack" >> beam.ParDo(ReadBack(self.codec, cfg.fpr, self.model_dir, cfg.reframe, tiling, cfg.verbose))
                           .with_exception_handling())
         record_sets += [read, to_records(extract_dlq.failed_inferences, "extract", mode, "ExtractFailures"),
                         to_records(read_bad, "read", mode, "ReadBackFailures")]

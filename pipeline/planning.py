@@ -16,7 +16,7 @@ from filigree.imaging import decode
 from pipeline import storage
 from pipeline.manifest import InputSpec, ManifestRow, has_scheme, is_image_name, normalize, read_manifest, relative_to
 from pipeline.options import RunConfig
-from pipeline.records import StepFailure, error_record, skipped_record
+from pipeline.records import StepFailure, error_record, ignored_record, skipped_record
 
 @dataclass(frozen=True)
 class Job:
@@ -44,6 +44,11 @@ class Item:
     grid: int | None = None
     """Verification of a marked image: the grid it was marked with, the only one its views
     hold (see `filigree.tiling.decode_grid`); None: every grid a reader tries."""
+    encoded: bytes | None = None
+    """Verification of a marked image: the encoded file, written by the read-back step only
+    once it reads back its payload."""
+    target: str | None = None
+    """Where `encoded` goes (OUTPUT/marked/...)."""
 
 
 def plan_jobs(key: str, grouped: dict, cfg: RunConfig, root: str) -> Iterator[Job | dict]:
@@ -90,7 +95,6 @@ class ListInputs(beam.PTransform):
                  | "MatchFiles" >> fileio.MatchFiles(self.spec.pattern, empty_match_treatment=
                                                              fileio.EmptyMatchTreatment.ALLOW)
                  | "Paths" >> beam.Map(lambda meta: meta.path)
-                 | "OnlyImages" >> beam.Filter(lambda p, single: single or is_image_name(p), self.spec.single_file)
                  | "NotOutputs" >> beam.Filter(lambda p, excluded: not any(relative_to(e, p) for e in excluded),
                                                excluded_prefixes(self.cfg.output, self.spec.root))
                  | "KeyFound" >> beam.Map(lambda p: (p, p)))
@@ -136,11 +140,25 @@ class PlanJobs(beam.DoFn):
 
     def process(self, element):
         key, grouped = element
+        if not grouped.get("rows") and not is_image_name(key) and not looks_like_image(key):
+            yield beam.pvalue.TaggedOutput("records", ignored_record(
+                key, self.cfg.mode, "not_an_image", "not an image (by name and content); left alone"))
+            return
         for out in plan_jobs(key, grouped, self.cfg, self.root):
             if isinstance(out, Job):
                 yield out
             else:
                 yield beam.pvalue.TaggedOutput("records", out)
+
+
+def looks_like_image(path: str) -> bool:
+    """Whether a file whose name is no image name starts like a supported image; a file that
+    cannot be read counts as one (its read error is then reported like any image's)."""
+    try:
+        head = storage.with_retries(lambda: storage.read_head(path, decode.SNIFF_BYTES), "reading a file's start")
+    except Exception:  # noqa: BLE001 - reported by the decode step's own read
+        return True
+    return decode.sniff_format(head) is not None
 
 
 def output_path(cfg: RunConfig, job: Job, extension: str | None = None) -> str:

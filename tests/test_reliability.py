@@ -406,11 +406,13 @@ def test_inference_results_do_not_depend_on_how_batches_are_cut():
     for handler in (embedder, extractor):
         alone = handler.run_inference(items[:1], model)[0].inference
         together = handler.run_inference(items, model)[0].inference
-        if isinstance(alone, dict):
-            alone, together = alone["clean"], together["clean"]
-        np.testing.assert_array_equal(alone, together)
-    residual = embedder.run_inference(items, model)[2].inference
-    assert residual.shape[:2] == (3 * size, 3 * size)
+        name = "residual" if handler is embedder else "clean"
+        np.testing.assert_array_equal(alone[name], together[name])
+        if handler is embedder:
+            np.testing.assert_array_equal(alone["source_logits"], together["source_logits"])
+    embedded = embedder.run_inference(items, model)[2].inference
+    assert embedded["residual"].shape[:2] == (3 * size, 3 * size)
+    assert embedded["source_logits"].shape == (9, model.card.payload_bits)
     assert extractor.run_inference(items, model)[2].inference["clean"].shape == (9, model.card.payload_bits)
 
 
