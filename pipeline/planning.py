@@ -187,4 +187,5 @@ def existing_output(cfg: RunConfig, job: Job) -> str | None:
 
 
 def _extension_aliases(extension: str) -> tuple[str, ...]:
-    return {".jpg": (".jpg", ".jpeg", ".jpe"), ".tif": (".tif", ".tiff")}.get(extension, (extension,))
+    return {".jpg": (".jpg", ".jpeg", ".jpe", ".jfif", ".jif"), ".tif": (".tif", ".tiff"),
+            ".heic": (".heic", ".heif", ".hif")}.get(extension, (extension,))
