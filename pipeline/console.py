@@ -37,6 +37,12 @@ def is_native_log_line(line: bytes) -> bool:
     return NATIVE_LOG_LINE.match(line) is not None
 
 
+def verbose_requested(argv: list[str]) -> bool:
+    """Whether command-line arguments ask for `--verbose` (also as `--verbose=true`, the Flex
+    Template launcher's form), read before the options are parsed."""
+    return any(arg == "--verbose" or arg.lower() == "--verbose=true" for arg in argv)
+
+
 def quiet_native_logs(verbose: bool = False) -> None:
     """Keep TensorFlow's C++ and Python log lines off the console unless `verbose` (call before
     TensorFlow is imported; later calls are no-ops)."""

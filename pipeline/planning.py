@@ -72,7 +72,7 @@ def plan_jobs(key: str, grouped: dict, cfg: RunConfig, root: str) -> Iterator[Jo
 
 
 def output_relative(root: str, path: str) -> str:
-    """Relative output path of `path`: its path below `root`, else `_external/<full path>`
+    """Relative output path of `path`: its path below `root`, else `_external/<scheme>/<full path>`
     (never absolute, never with `..`; see `storage.safe_relative_output`)."""
     relative = relative_to(root, path)
     if relative and ".." not in relative.split("/") and not relative.startswith("/"):

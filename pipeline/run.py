@@ -34,9 +34,10 @@ import os
 import sys
 import time
 
-from pipeline.console import quiet_native_logs  # noqa: E402 - first: before anything imports TensorFlow
+from pipeline.console import quiet_native_logs, verbose_requested  # noqa: E402 - first: before TensorFlow
 
-quiet_native_logs(verbose="--verbose" in sys.argv[1:])
+if __name__ == "__main__":
+    quiet_native_logs(verbose_requested(sys.argv[1:]))
 
 import apache_beam as beam  # noqa: E402
 from apache_beam.io.filesystems import FileSystems  # noqa: E402

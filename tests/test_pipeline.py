@@ -35,7 +35,7 @@ def mixed_folder(tmp_path_factory):
     photo_crop(PHOTOS[2], 800, 600).save(root / "c.webp", quality=90)
     photo_crop(PHOTOS[3], 32, 32).save(root / "tiny.png")
     photo_crop(PHOTOS[4], 4000, 3000).save(root / "big.jpg", quality=90)
-    (root / "notes.txt").write_text("not an image, not listed")
+    (root / "notes.txt").write_text("not an image: an ignored record")
     return root
 
 
@@ -49,12 +49,13 @@ def test_embed_with_manifest_and_attacks(mixed_folder, tmp_path):
                  "--verify", "attacks", "--attacks", "jpeg:50,resize:0.5,noise:0.04,brightness:1.3"])
     assert code == 0
     records = {os.path.relpath(r["image"], mixed_folder): r for r in read_records(str(out))}
-    assert set(records) == set(payloads)
+    assert set(records) == set(payloads) | {"notes.txt"}
+    assert (records.pop("notes.txt")["status"], records.pop("tiny.png")["error_code"]) == ("ignored", "too_small")
     for name, record in records.items():
         assert record["status"] == "ok", record
         assert os.path.exists(record["output"])
         assert record["output"].startswith(str(out / "marked"))
-        assert record["psnr"] > 25
+        assert record["psnr"] >= 35
         assert set(record["attacks"]) == {"jpeg:50", "resize:0.5", "noise:0.04", "brightness:1.3"}
     for name in ("a.jpg", "nested/b.png", "big.jpg"):
         # The mark is read from the written file: far fewer bit errors than chance, so the
@@ -65,7 +66,7 @@ def test_embed_with_manifest_and_attacks(mixed_folder, tmp_path):
     assert Image.open(records["big.jpg"]["output"]).size == (4000, 3000)
     assert Image.open(records["c.webp"]["output"]).format == "WEBP"
     summary = read_summary(str(out))
-    assert summary["counts"] == {"total": 5, "ok": 5, "error": 0, "skipped": 0}
+    assert summary["counts"] == {"total": 5, "ok": 4, "error": 1, "skipped": 0, "ignored": 1}
     assert os.path.exists(out / "report" / "summary.html")
 
 
