@@ -431,3 +431,46 @@ def test_a_run_prints_only_filigree_lines(tmp_path):
         assert line.startswith(("filigree:", "Filigree ", "  ")), line
         assert "cuInit" not in line and "absl" not in line and "cudart" not in line, line
     assert json.loads((tmp_path / "out" / "report" / "summary.json").read_text())["counts"]["ok"] == 1
+
+
+def test_remote_bundle_cache_is_verified_by_hash_not_size(gcs_bucket):
+    """A remote file changed to other bytes of the same size, and a cached copy edited in place,
+    are both copied again; an unchanged file is reused."""
+    from apache_beam.io.filesystems import FileSystems
+
+    from filigree.bundle import localize
+
+    root = f"gs://{gcs_bucket.name}/bundle-{uuid.uuid4().hex[:8]}"
+
+    def put(name: str, data: bytes) -> None:
+        with FileSystems.create(f"{root}/{name}") as f:
+            f.write(data)
+
+    put("model.json", b'{"a": 1}')
+    put("embedder/saved_model.pb", b"first-bytes")
+    local = localize(root)
+    record = json.loads(open(os.path.join(local, "model.json.filigree-source.json")).read())
+    assert record["remote_checksum"]  # the store gave a checksum: the cache is checked by it
+    put("model.json", b'{"a": 2}')  # same size, other bytes
+    local = localize(root)
+    assert open(os.path.join(local, "model.json"), "rb").read() == b'{"a": 2}'
+    cached = os.path.join(local, "embedder", "saved_model.pb")
+    with open(cached, "wb") as f:
+        f.write(b"first-BYTES")  # the cache edited, size kept
+    localize(root)
+    assert open(cached, "rb").read() == b"first-bytes"
+    before = os.stat(cached).st_mtime_ns
+    localize(root)
+    assert os.stat(cached).st_mtime_ns == before  # unchanged: reused, not copied again
+
+
+def test_progress_counts_images_across_step_instances(caplog):
+    from pipeline.progress import Progress
+
+    Progress.reset()
+    first, second = Progress("checked", every_s=0.0), Progress("checked", every_s=0.0)
+    with caplog.at_level("WARNING", logger="filigree"):
+        assert [first.tick(), second.tick(), first.tick()] == [1, 2, 3]
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[0].startswith("checked 1 image so far") and messages[-1].startswith("checked 3 images so far")
+    Progress.reset()
