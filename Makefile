@@ -25,15 +25,18 @@ install: $(STAMP)
 
 # The project goes in without dependencies (all came from the lock), built with the lock's
 # setuptools rather than a freshly downloaded one.
+# Quiet (no command echo, pip without progress or notices): `make run` prints only Filigree's lines.
+PIP_QUIET := -q --disable-pip-version-check
 $(STAMP):
-	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q -r $(LOCK)
-	$(VENV)/bin/pip install --no-deps --no-build-isolation -e .
-	rm -f $(VENV)/.stamp-*
-	touch $@
+	@echo "filigree: installing the locked environment into $(VENV) (first run only)"
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	@$(VENV)/bin/pip install $(PIP_QUIET) -r $(LOCK)
+	@$(VENV)/bin/pip install $(PIP_QUIET) --no-deps --no-build-isolation -e .
+	@rm -f $(VENV)/.stamp-*
+	@touch $@
 
 run: install
-	$(VENV)/bin/python -m pipeline.run $(ARGS)
+	@$(VENV)/bin/python -m pipeline.run $(ARGS)
 
 test: install
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests

@@ -13,7 +13,9 @@ INSTALL_REQUIRES = [
     # Keep equal to BEAM_VERSION in the Dockerfile: launcher, container and workers must agree.
     "apache-beam[gcp]==2.77.*",
     "numpy>=1.26",
-    "pillow>=10",
+    # Pillow 11.3+ reads and writes AVIF itself; HEIF/HEIC (phones' default) needs libheif.
+    "pillow>=11.3",
+    "pillow-heif>=1.8,<2",
     "google-cloud-storage>=2.14",
     # bchlib 2.x: BCH(t, m=...) API; 1.x had a different constructor.
     "bchlib>=2.1,<3",

@@ -105,7 +105,12 @@ def read_card(model_dir: str) -> ModelCard:
 
 def localize(model_dir: str) -> str:
     """A local directory with the bundle's files: `model_dir` itself when local, else a cache
-    copy (keyed by the remote path) made through Beam's FileSystems."""
+    copy (keyed by the remote path) made through Beam's FileSystems.
+
+    A cached file is reused only when the remote file's checksum (GCS: its CRC32C) equals the
+    one recorded when it was copied, and the cached bytes still hash (SHA-256) to what was
+    written then; anything else (a changed remote file of the same size, a truncated or edited
+    cache, a filesystem that gives no checksum) copies the file again."""
     if not is_remote(model_dir):
         if not os.path.isdir(model_dir):
             raise BundleError(f"model bundle {model_dir!r} is not a directory")
@@ -122,14 +127,56 @@ def localize(model_dir: str) -> str:
         if not relative or relative.endswith("/"):
             continue
         target = os.path.join(local_root, *relative.split("/"))
-        if os.path.exists(target) and os.path.getsize(target) == meta.size_in_bytes:
+        remote_checksum = _remote_checksum(fs, meta.path)
+        if remote_checksum is not None and _cached_copy_is_current(target, remote_checksum):
             continue
         os.makedirs(os.path.dirname(target), exist_ok=True)
         partial = f"{target}.partial-{os.getpid()}"
-        with fs.open(meta.path) as src, open(partial, "wb") as dst:
-            dst.write(src.read())
+        with fs.open(meta.path) as src:
+            data = src.read()
+        with open(partial, "wb") as dst:
+            dst.write(data)
         os.replace(partial, target)
+        _write_cache_record(target, remote_checksum, hashlib.sha256(data).hexdigest())
     return local_root
+
+
+_CACHE_RECORD_SUFFIX = ".filigree-source.json"
+"""Beside each cached file: the remote checksum it was copied at and the SHA-256 of its bytes."""
+
+
+def _remote_checksum(fs, path: str) -> str | None:
+    try:
+        checksum = fs.checksum(path)
+    except Exception:  # noqa: BLE001 - no checksum: the file is copied again
+        return None
+    return str(checksum) if checksum else None
+
+
+def _file_sha256(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return None
+
+
+def _cached_copy_is_current(target: str, remote_checksum: str) -> bool:
+    """Whether `target` was copied from a remote file with `remote_checksum` and is intact."""
+    try:
+        with open(target + _CACHE_RECORD_SUFFIX, encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return (isinstance(record, dict) and record.get("remote_checksum") == remote_checksum
+            and record.get("sha256") is not None and _file_sha256(target) == record["sha256"])
+
+
+def _write_cache_record(target: str, remote_checksum: str | None, sha256: str) -> None:
+    partial = f"{target}{_CACHE_RECORD_SUFFIX}.partial-{os.getpid()}"
+    with open(partial, "w", encoding="utf-8") as f:
+        json.dump({"remote_checksum": remote_checksum, "sha256": sha256}, f)
+    os.replace(partial, target + _CACHE_RECORD_SUFFIX)
 
 
 @dataclass

@@ -1,24 +1,30 @@
 """The Beam graph (`Watermark`): read the payload assignments and list images where needed, grouped
 by image path (`pipeline.planning`),
 decode (`pipeline.prepare`), batched embedding through RunInference (`pipeline.handlers`), mark
-and write (`pipeline.marking`), verify after attacks (`pipeline.verify`), and build one record per
-input (`pipeline.records`; what escapes a step becomes a record here, from its dead letter).
+and encode (`pipeline.marking`), verify after attacks and write (`pipeline.verify`), and build one
+record per input (`pipeline.records`; what escapes a step becomes a record here, from its dead
+letter).
 
 Reliability contract
 --------------------
-* Every matched image and every manifest row ends in exactly one record (`ok`, `error` or
-  `skipped`, each `error`/`skipped` with an `error_code` and a message); failures are records,
-  never only log lines. Expected failures (unreadable or undecodable files, bad payloads, write
+* Every matched file and every manifest row ends in exactly one record (`ok`, `error`, `skipped`
+  or `ignored`, each but `ok` with an `error_code` and a message); failures are records, never
+  only log lines. `ignored`: a listed file that is not an image by name or content
+  (`not_an_image`). In embed mode `ok` means the marked file was written and, when verification
+  runs, read back with exactly its payload: a mark below `--min_psnr` is a `too_small` error, a
+  file that does not read back is `unreadable`, and neither is written. Images that already carry
+  a mark are `skipped` (`already_marked`) unless `--overwrite_marks`. Expected failures (unreadable or undecodable files, bad payloads, write
   errors) are turned into records by the step that meets them; anything unexpected that escapes
   a step (a bug, an inference failure) is caught by Beam's `with_exception_handling` and its
   dead letter becomes an `error` record for each image it carried (`dead_letter_records`; a
   failed inference batch becomes one record per image of the batch). Codes of those records:
   `internal_error` (planning, decoding), `inference_failed` (embedding or read-back batch),
   `mark_failed`, `readback_failed`.
-  An `error` record with a non-null `output` means the marked file was written but its
-  read-back failed.
+  With verification the file is written only after its read-back, so an `error` record never
+  has an `output`.
 * Outputs never leave `OUTPUT/marked/`: images under `--input` keep their relative path,
-  absolute or URI paths from a manifest go to `OUTPUT/marked/_external/<full path>`, and every
+  absolute or URI paths from a manifest go to `OUTPUT/marked/_external/<scheme or local>/<full
+  path>`, and every
   target is checked to lie under `OUTPUT/marked/` before writing (`bad_path` otherwise). When
   the output format differs from the input's extension (GIF, BMP with alpha, or content that
   does not match its extension), the output extension is appended (`a.gif` -> `a.gif.png`), so
@@ -32,7 +38,7 @@ Reliability contract
   (`IO_ATTEMPTS`, with `RETRY_DELAYS_S`) when reading an image and when writing a marked file;
   Beam's DirectRunner does not retry failed bundles (Dataflow does, and the writes are
   idempotent).
-* Decoding runs under `--decode_timeout_s` (`timeout`); sizes above `--max_pixels` are refused
+* Decoding runs in a child process killed after `--decode_timeout_s` (`timeout`); sizes above `--max_pixels` are refused
   from the header (`too_large`) before any pixel is allocated.
 * Records hold no timestamps and nothing random, so re-running over the same inputs and output
   gives the same records (in any order: shards and line order depend on the runner) and an
@@ -158,11 +164,11 @@ class Watermark(beam.PTransform):
                     | "Spread" >> beam.Reshuffle()
                     | "Decode" >> guarded(Prepare(cfg, self.codec, size, tiling), "items"))
         record_sets += [prepared.records, to_records(prepared.bad, "decode", mode, "DecodeFailures")]
-        extractor = KeyedModelHandler(ExtractorHandler(self.model_dir, cfg.batch_size))
+        extractor = KeyedModelHandler(ExtractorHandler(self.model_dir, cfg.batch_size, cfg.verbose))
         if mode == "embed":
-            embedder = KeyedModelHandler(EmbedderHandler(self.model_dir, cfg.batch_size))
+            embedder = KeyedModelHandler(EmbedderHandler(self.model_dir, cfg.batch_size, cfg.verbose))
             residuals, embed_dlq = prepared.items | "Embed" >> RunInference(embedder).with_exception_handling()
-            marked = residuals | "MarkAndWrite" >> guarded(MarkAndWrite(cfg, self.card, size), "items")
+            marked = residuals | "MarkAndWrite" >> guarded(MarkAndWrite(cfg, self.card, size, self.codec), "items")
             record_sets += [marked.records, to_records(embed_dlq.failed_inferences, "embed", mode, "EmbedFailures"),
                             to_records(marked.bad, "mark", mode, "MarkFailures")]
             to_read = marked.items
@@ -170,7 +176,7 @@ class Watermark(beam.PTransform):
             to_read = prepared.items
         logits, extract_dlq = to_read | "Extract" >> RunInference(extractor).with_exception_handling()
         read, read_bad = (logits
-                          | "ReadBack" >> beam.ParDo(ReadBack(self.codec, cfg.fpr, self.model_dir, cfg.reframe, tiling))
+                          | "ReadBack" >> beam.ParDo(ReadBack(self.codec, cfg.fpr, self.model_dir, cfg.reframe, tiling, cfg.verbose))
                           .with_exception_handling())
         record_sets += [read, to_records(extract_dlq.failed_inferences, "extract", mode, "ExtractFailures"),
                         to_records(read_bad, "read", mode, "ReadBackFailures")]

@@ -12,6 +12,7 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from filigree.tiling import tiled_residual
+from pipeline.console import quiet_native_logs
 from pipeline.planning import Item
 
 class _NoMemoryProbeWarning(logging.Filter):
@@ -81,8 +82,10 @@ def travelling_model_dir(model_dir: str | None) -> str | None:
     return None if bundled else model_dir
 
 
-def load_worker_bundle(model_dir: str | None):
-    """Load a bundle on a worker (None: the bundled model)."""
+def load_worker_bundle(model_dir: str | None, verbose: bool = False):
+    """Load a bundle on a worker (None: the bundled model); TensorFlow's start-up lines stay off
+    the console unless `verbose` (see `pipeline.console`)."""
+    quiet_native_logs(verbose)
     from filigree.bundle import load_bundle
     from filigree.resources import bundled_model_dir
     return load_bundle(model_dir or bundled_model_dir())
@@ -98,13 +101,14 @@ class SharedBundle:
 class BundleHandler(ModelHandler):
     """Loads the bundle once per worker process (RunInference shares it across threads)."""
 
-    def __init__(self, model_dir: str, batch_size: int):
+    def __init__(self, model_dir: str, batch_size: int, verbose: bool = False):
         super().__init__()
         self.model_dir = travelling_model_dir(model_dir)
         self.batch_size = batch_size
+        self.verbose = verbose
 
     def load_model(self):
-        return load_worker_bundle(self.model_dir)
+        return load_worker_bundle(self.model_dir, self.verbose)
 
     def batch_elements_kwargs(self):
         # Batch weight in slots: an image counts as the number of slots its pixels fill, so
@@ -128,7 +132,9 @@ class BundleHandler(ModelHandler):
 
 
 class EmbedderHandler(BundleHandler):
-    """Items with clean tiles and bits -> PredictionResult(item, residual [g*S, g*S, C])."""
+    """Items with clean tiles and bits -> PredictionResult(item, {"residual": [g*S, g*S, C],
+    "source_logits": [g*g, L]}): the residual to add, and the extractor's logits on the same
+    tiles of the unmarked source (whether it carries a mark already, see `filigree.presence`)."""
 
     def run_inference(self, batch: Sequence[Item], model, inference_args=None) -> Iterable[PredictionResult]:
         tiling = model.card.tiling
@@ -136,8 +142,10 @@ class EmbedderHandler(BundleHandler):
         views = np.concatenate([item.views["clean"] for item in batch])
         bits = np.concatenate([np.repeat(item.bits[None], n, axis=0) for item, n in zip(batch, counts)])
         residuals = fixed_shape_calls(model.embed_fn, (views, bits), INFERENCE_ROWS)
+        source_logits = fixed_shape_calls(model.extract_fn, (views,), INFERENCE_ROWS)
         ends = np.cumsum(counts)
-        return [PredictionResult(item, tiled_residual(residuals[end - n:end], tiling))
+        return [PredictionResult(item, {"residual": tiled_residual(residuals[end - n:end], tiling),
+                                        "source_logits": source_logits[end - n:end]})
                 for item, n, end in zip(batch, counts, ends)]
 
     def get_metrics_namespace(self) -> str:

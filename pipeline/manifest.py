@@ -43,7 +43,10 @@ from dataclasses import dataclass
 from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO, Iterable, Iterator
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".jif", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif",
+                    ".heic", ".heif", ".hif", ".avif")
+"""Names taken as images without a look at their content (any other file is sniffed, see
+`pipeline.planning.PlanJobs`)."""
 GLOB_CHARS = "*?["
 
 

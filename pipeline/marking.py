@@ -1,6 +1,7 @@
 """The residual -> encode -> write stage: the embedder's residual added to the native pixels, the
-marked image encoded like its source and written atomically, then decoded again for its PSNR and
-the views its verification reads."""
+marked image encoded like its source, decoded again for its PSNR (refused below `--min_psnr`,
+see `filigree.capacity`) and the views its verification reads; written atomically here when
+nothing is verified, else by the read-back step once the file reads back its payload."""
 
 from __future__ import annotations
 
@@ -12,7 +13,11 @@ from apache_beam.metrics import Metrics
 
 from filigree.attacks import parse_suite
 from filigree.bundle import ModelCard
+from filigree.capacity import visibility_failure
+from filigree.payload import PayloadCodec
+from filigree.presence import existing_mark
 from filigree.imaging import decode, encode, metrics
+from filigree.imaging.depth import mark_samples
 from filigree.tiling import tile_views
 from filigree.watermarker import mark_pixels
 from pipeline import storage
@@ -20,15 +25,15 @@ from pipeline.manifest import normalize
 from pipeline.options import RunConfig
 from pipeline.planning import Item, absolute_prefix, output_path
 from pipeline.progress import NAMESPACE, Progress
-from pipeline.records import UNCHANGED_NOTE, StepFailure
+from pipeline.records import StepFailure
 from pipeline.verify import attacked_views, search_copy, seed_for
 
 class MarkAndWrite(beam.DoFn):
     """(path, PredictionResult(item, residual)) -> marked file written; the item goes on with
     verification views (or straight to a record when --verify none)."""
 
-    def __init__(self, cfg: RunConfig, card: ModelCard, working_size: int):
-        self.cfg, self.card, self.working_size = cfg, card, working_size
+    def __init__(self, cfg: RunConfig, card: ModelCard, working_size: int, codec: PayloadCodec):
+        self.cfg, self.card, self.working_size, self.codec = cfg, card, working_size, codec
         self.tiling = card.tiling
         self.strength = card.default_strength if cfg.strength is None else cfg.strength
         self.marked_counter = Metrics.counter(NAMESPACE, "marked")
@@ -48,32 +53,40 @@ class MarkAndWrite(beam.DoFn):
             if normalize(absolute_prefix(target)) == normalize(absolute_prefix(item.job.path)):
                 raise StepFailure("overwrites_input", "the marked file would replace its own input")
             # Everything that can fail runs before the write, so an image either gets its file
-            # and an `ok`/verification record, or an error record and no file.
+            # and an `ok` record, or an error record and no file. With verification, the write
+            # waits for the read-back (`pipeline.verify.ReadBack`).
+            grid = self.tiling.grid_for(decoded.height, decoded.width, cfg.max_grid)
+            existing = existing_mark(self.codec, result.inference["source_logits"], grid, self.tiling, cfg.fpr)
+            if existing is not None:
+                record["existing_payload"] = existing.payload
+                if not cfg.overwrite_marks:
+                    yield beam.pvalue.TaggedOutput("records", {
+                        **record, "status": "skipped", "error_code": "already_marked",
+                        "error": f"{existing.describe()}; refused (--overwrite_marks marks it anyway)"})
+                    return
+                record["notes"] = [*record.get("notes", []), f"overwritten: {existing.describe()}"]
             try:
-                grid = self.tiling.grid_for(decoded.height, decoded.width, cfg.max_grid)
-                data, psnr, views, sources = self._mark(decoded, result.inference, path, grid)
+                data, psnr, views, sources = self._mark(decoded, result.inference["residual"], path, grid)
             except Exception as exc:  # noqa: BLE001 - this image's failure, reported in its record
                 raise StepFailure("encode_failed", f"cannot mark or encode: {type(exc).__name__}: {exc}"[:500]) from None
-            try:
-                storage.with_retries(lambda: storage.write_atomically(target, data), "writing a marked image")
-            except Exception as exc:  # noqa: BLE001 - this image's failure, reported in its record
-                message = f"cannot write the marked image: {type(exc).__name__}: {exc}"
-                raise StepFailure("write_failed", message[:500]) from None
+            record.update(psnr=psnr if math.isfinite(psnr) else None, output_bytes=len(data),
+                          output_quality=encode.output_quality(decoded, cfg.jpeg_quality))
+            failure = visibility_failure(psnr, cfg.min_psnr)
+            if failure is not None:
+                raise StepFailure(failure.code, failure.message)
+            if cfg.verify == "none":
+                storage.write_marked(target, data)
         except StepFailure as failure:
             self.failed_counter.inc()
-            yield beam.pvalue.TaggedOutput("records", {**record, "status": "error", "psnr": None,
-                                                       "error_code": failure.code, "error": failure.message})
+            yield beam.pvalue.TaggedOutput("records", {**record, "status": "error", "error_code": failure.code,
+                                                       "error": failure.message})
             return
         self.marked_counter.inc()
         self.progress.tick()
-        record["output"] = target
-        record["psnr"] = psnr if math.isfinite(psnr) else None
-        if record["psnr"] is None:
-            record["notes"] = [*record.get("notes", []), UNCHANGED_NOTE]
         if cfg.verify == "none":
-            yield beam.pvalue.TaggedOutput("records", record)
+            yield beam.pvalue.TaggedOutput("records", {**record, "output": target})
             return
-        yield path, Item(item.job, record, None, None, views, sources, grid=grid)
+        yield path, Item(item.job, record, None, None, views, sources, grid=grid, encoded=data, target=target)
 
     def _mark(self, decoded: decode.DecodedImage, residual: np.ndarray, path: str, grid: int):
         """(encoded bytes, PSNR, read-back views, their search copies). Works on the native pixels: the marked
@@ -81,17 +94,29 @@ class MarkAndWrite(beam.DoFn):
         bytes are decoded again (the file is what gets verified) and compared row tile by row
         tile with the source."""
         cfg = self.cfg
-        marked = mark_pixels(decoded.pixels, residual, self.strength)
-        data = encode.encode_image(decoded, marked, jpeg_quality=cfg.jpeg_quality)
+        depth = decoded.depth
+        if depth is None:
+            marked = mark_pixels(decoded.pixels, residual, self.strength)
+        else:  # 16-bit grey: sized to, and kept within, the data's true depth
+            marked = mark_samples(decoded.pixels, residual, self.strength, depth)
+        quality = encode.output_quality(decoded, cfg.jpeg_quality)
+        data = encode.encode_image(decoded, marked, jpeg_quality=quality or encode.UNKNOWN_SOURCE_QUALITY)
         del marked
         written = decode.decode_image(data, max_pixels=max(cfg.max_pixels, decoded.width * decoded.height))
-        psnr = round(float(metrics.psnr(decoded.pixels, written.pixels, data_range=decoded.maxval)), 3)
+        if depth is None:
+            psnr = metrics.psnr(decoded.pixels, written.pixels, data_range=decoded.peak)
+            written_view = written.pixels
+        else:  # against the data's own peak, on its own samples
+            psnr = metrics.psnr(depth.to_samples(decoded.pixels), depth.to_samples(written.pixels),
+                                data_range=depth.peak)
+            written_view = depth.full_range(written.pixels)
+        psnr = round(float(psnr), 3)
         views: dict[str, np.ndarray] = {}
         sources: dict[str, np.ndarray] | None = {} if cfg.reframe else None
         if cfg.verify != "none":
-            views["clean"] = tile_views(written.pixels, grid, self.working_size)
+            views["clean"] = tile_views(written_view, grid, self.working_size)
             if sources is not None:
-                sources["clean"] = search_copy(written.pixels, self.working_size, self.tiling)
-            views.update(attacked_views(written.pixels, self.suite, self.working_size,
+                sources["clean"] = search_copy(written_view, self.working_size, self.tiling)
+            views.update(attacked_views(written_view, self.suite, self.working_size,
                                         seed_for(path, cfg.seed), sources, self.tiling, grid))
         return data, psnr, views, sources or {}

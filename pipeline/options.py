@@ -41,7 +41,9 @@ class RunConfig:
     """Residual strength (default: the model card's)."""
     fpr: float = 1e-6
     """Target false-positive rate of `detected`."""
-    jpeg_quality: int = 95
+    jpeg_quality: int | None = None
+    """Quality of marked JPEG/WebP outputs; None keeps the source's estimated quality, never
+    below `filigree.imaging.encode.MIN_MARK_QUALITY` (the lowest at which the mark reads)."""
     max_pixels: int = 100_000_000
     """Images with more pixels are refused before decoding."""
     batch_size: int = 16
@@ -58,6 +60,14 @@ class RunConfig:
     """Reads that find no mark search for a crop of the marked frame (filigree/reframe.py)."""
     max_grid: int | None = None
     """Embed mode: mark on at most this many tiles a side (default: the model card's)."""
+    min_psnr: float = 35.0
+    """Embed mode: visibility floor in dB; an image whose mark would be louder (a lower PSNR
+    against the data's own peak) gets a `too_small` error and no output."""
+    overwrite_marks: bool = False
+    """Embed mode: mark images that already carry a mark readable with this key (default:
+    refuse them as `already_marked`)."""
+    verbose: bool = False
+    """Let TensorFlow's and Beam's own start-up and log lines through to the console."""
 
     def replace(self, **changes) -> "RunConfig":
         return dataclasses.replace(self, **changes)
@@ -84,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--key_file", help="file holding the secret key")
     parser.add_argument("--strength", type=float, help="residual strength (default: the model's)")
     parser.add_argument("--fpr", type=float, default=1e-6, help="target false-positive rate of detection")
-    parser.add_argument("--jpeg_quality", type=int, default=95, help="quality of marked JPEG/WebP outputs")
+    parser.add_argument("--jpeg_quality", type=int,
+                        help="quality of marked JPEG/WebP outputs (default: the source's estimated "
+                             "quality, never below the lowest at which the mark reads)")
     parser.add_argument("--max_pixels", type=int, default=100_000_000,
                         help="refuse images with more pixels, from their header (default 100 MP)")
     parser.add_argument("--batch_size", type=int, default=16, help="largest inference batch")
@@ -101,6 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_grid", type=int,
                         help="embed mode: mark on at most N x N tiles (fewer embedder calls, faster; "
                              "the mark is amplified to read as well, so PSNR drops; default: the model's)")
+    parser.add_argument("--min_psnr", type=float, default=35.0,
+                        help="embed mode: visibility floor in dB (default 35); images that would need "
+                             "a louder mark get a too_small error and no output")
+    parser.add_argument("--overwrite_marks", action="store_true",
+                        help="embed mode: re-mark images that already carry a mark readable with "
+                             "this key (default: refuse them as already_marked)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's and Beam's own start-up and log lines")
     return parser
 
 
@@ -110,7 +130,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ValueError("--payload is for embed mode; in extract mode use --assignments for expected payloads")
     if not 0.0 < cfg.fpr < 1.0:
         raise ValueError(f"--fpr must be in (0, 1), got {cfg.fpr}")
-    if not 1 <= cfg.jpeg_quality <= 100:
+    if cfg.jpeg_quality is not None and not 1 <= cfg.jpeg_quality <= 100:
         raise ValueError(f"--jpeg_quality must be in [1, 100], got {cfg.jpeg_quality}")
     if cfg.max_pixels < 1:
         raise ValueError("--max_pixels must be at least 1")
@@ -122,6 +142,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ValueError(f"--strength must be in (0, 10], got {cfg.strength}")
     if cfg.max_grid is not None and cfg.max_grid < 1:
         raise ValueError(f"--max_grid must be at least 1, got {cfg.max_grid}")
+    if not 0.0 <= cfg.min_psnr < 100.0:
+        raise ValueError(f"--min_psnr must be in [0, 100) dB, got {cfg.min_psnr}")
     if cfg.max_error_rate is not None and not 0.0 <= cfg.max_error_rate <= 1.0:
         raise ValueError(f"--max_error_rate must be in [0, 1], got {cfg.max_error_rate}")
     if cfg.verify == "attacks":

@@ -25,7 +25,7 @@ from pipeline import storage
 from pipeline.manifest import (BLOCK_BYTES, InputSpec, ManifestRow, has_scheme, is_image_name, normalize, plan_shards,
                                read_block_rows, relative_to, scan_block, shard_blocks)
 from pipeline.options import RunConfig
-from pipeline.records import StepFailure, error_record, skipped_record
+from pipeline.records import StepFailure, error_record, ignored_record, skipped_record
 
 @dataclass(frozen=True)
 class Job:
@@ -53,6 +53,11 @@ class Item:
     grid: int | None = None
     """Verification of a marked image: the grid it was marked with, the only one its views
     hold (see `filigree.tiling.decode_grid`); None: every grid a reader tries."""
+    encoded: bytes | None = None
+    """Verification of a marked image: the encoded file, written by the read-back step only
+    once it reads back its payload."""
+    target: str | None = None
+    """Where `encoded` goes (OUTPUT/marked/...)."""
 
 
 RowRef = tuple[int, int, str]
@@ -103,7 +108,7 @@ def shard_name(shards: Sequence[str], ordinal: int) -> str:
 
 
 def output_relative(root: str, path: str) -> str:
-    """Relative output path of `path`: its path below `root`, else `_external/<full path>`
+    """Relative output path of `path`: its path below `root`, else `_external/<scheme>/<full path>`
     (never absolute, never with `..`; see `storage.safe_relative_output`)."""
     relative = relative_to(root, path)
     if relative and ".." not in relative.split("/") and not relative.startswith("/"):
@@ -185,8 +190,6 @@ class ListInputs(beam.PTransform):
                          | "Patterns" >> beam.Create(list(self.spec.patterns))
                          | "MatchFiles" >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW)
                          | "Paths" >> beam.Map(lambda meta: meta.path)
-                         | "OnlyImages" >> beam.Filter(lambda p, files: p in files or is_image_name(p),
-                                                       frozenset(self.spec.files))
                          | "NotOutputs" >> beam.Filter(lambda p, excluded: not any(relative_to(e, p) for e in excluded),
                                                        excluded_prefixes(self.cfg.output, self.spec.root))
                          | "KeyFound" >> beam.Map(lambda p, root: (group_key(root, p), None), self.spec.root))
@@ -229,11 +232,27 @@ class PlanJobs(beam.DoFn):
 
     def process(self, element, shards=()):
         key, entries = element
+        if all(entry is None for entry in entries):
+            path = key_path(self.root, key)
+            if not is_image_name(path) and not looks_like_image(path):
+                yield beam.pvalue.TaggedOutput("records", ignored_record(
+                    path, self.cfg.mode, "not_an_image", "not an image (by name and content); left alone"))
+                return
         for out in plan_jobs(key, entries, self.cfg, self.root, shards):
             if isinstance(out, Job):
                 yield out
             else:
                 yield beam.pvalue.TaggedOutput("records", out)
+
+
+def looks_like_image(path: str) -> bool:
+    """Whether a file whose name is no image name starts like a supported image; a file that
+    cannot be read counts as one (its read error is then reported like any image's)."""
+    try:
+        head = storage.with_retries(lambda: storage.read_head(path, decode.SNIFF_BYTES), "reading a file's start")
+    except Exception:  # noqa: BLE001 - reported by the decode step's own read
+        return True
+    return decode.sniff_format(head) is not None
 
 
 def output_path(cfg: RunConfig, job: Job, extension: str | None = None) -> str:
@@ -262,4 +281,5 @@ def existing_output(cfg: RunConfig, job: Job) -> str | None:
 
 
 def _extension_aliases(extension: str) -> tuple[str, ...]:
-    return {".jpg": (".jpg", ".jpeg", ".jpe"), ".tif": (".tif", ".tiff")}.get(extension, (extension,))
+    return {".jpg": (".jpg", ".jpeg", ".jpe", ".jfif", ".jif"), ".tif": (".tif", ".tiff"),
+            ".heic": (".heic", ".heif", ".hif")}.get(extension, (extension,))

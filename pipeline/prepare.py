@@ -1,10 +1,8 @@
 """The decode stage: Job -> (path, Item) with the payload's bits and the working-size views for
-inference, or an error/skipped record. Reads are retried, decoding runs under a timeout."""
+inference, or an error/skipped record. Reads are retried, decoding runs in a child process
+under a timeout (`pipeline.decoding`)."""
 
 from __future__ import annotations
-
-import threading
-from typing import Any
 
 import apache_beam as beam
 import numpy as np
@@ -14,6 +12,7 @@ from filigree.imaging import decode
 from filigree.payload import PayloadCodec, PayloadError, format_payload
 from filigree.tiling import Tiling, read_views, tile_views
 from pipeline import storage
+from pipeline.decoding import DecodeWorker
 from pipeline.options import RunConfig
 from pipeline.planning import Item, Job, existing_output, output_path
 from pipeline.progress import NAMESPACE
@@ -27,6 +26,12 @@ class Prepare(beam.DoFn):
         self.cfg, self.codec, self.working_size, self.tiling = cfg, codec, working_size, tiling
         self.read_counter = Metrics.counter(NAMESPACE, "read")
         self.failed_counter = Metrics.counter(NAMESPACE, "failed")
+
+    def setup(self):
+        self.decoder = DecodeWorker(self.cfg.max_pixels)
+
+    def teardown(self):
+        self.decoder.close()
 
     def process(self, job: Job):
         cfg = self.cfg
@@ -54,10 +59,10 @@ class Prepare(beam.DoFn):
                       notes=list(decoded.notes))
         if cfg.mode == "embed":
             grid = self.tiling.grid_for(decoded.height, decoded.width, cfg.max_grid)
-            view = tile_views(decoded.pixels, grid, self.working_size)
+            view = tile_views(decoded.model_pixels, grid, self.working_size)
         else:
-            view = read_views(decoded.pixels, self.tiling, self.working_size)
-        sources = {"clean": search_copy(decoded.pixels, self.working_size, self.tiling)} if cfg.reframe else {}
+            view = read_views(decoded.model_pixels, self.tiling, self.working_size)
+        sources = {"clean": search_copy(decoded.model_pixels, self.working_size, self.tiling)} if cfg.reframe else {}
         yield job.path, Item(job, record, decoded, bits, {"clean": view}, sources)
 
     def _payload_bits(self, job: Job) -> tuple[np.ndarray | None, str | None]:
@@ -84,7 +89,7 @@ class Prepare(beam.DoFn):
 
     def _decode(self, data: bytes) -> decode.DecodedImage:
         try:
-            return decode_with_timeout(data, self.cfg.max_pixels, self.cfg.decode_timeout_s)
+            return decode_with_timeout(data, self.cfg.max_pixels, self.cfg.decode_timeout_s, self.decoder)
         except decode.ImageDecodeError as exc:
             raise StepFailure(exc.code, str(exc)) from None
         except MemoryError:
@@ -93,21 +98,14 @@ class Prepare(beam.DoFn):
             raise StepFailure("corrupt", f"cannot decode image: {type(exc).__name__}: {exc}"[:300]) from None
 
 
-def decode_with_timeout(data: bytes, max_pixels: int, timeout_s: float) -> decode.DecodedImage:
-    """Decode in a worker thread; give up (ImageDecodeError 'timeout') after `timeout_s`."""
-    result: dict[str, Any] = {}
-
-    def work():
-        try:
-            result["image"] = decode.decode_image(data, max_pixels=max_pixels)
-        except BaseException as exc:  # noqa: BLE001 - handed back to the caller below
-            result["error"] = exc
-
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    if thread.is_alive():
-        raise decode.ImageDecodeError("timeout", f"decoding took longer than {timeout_s:g} s")
-    if "error" in result:
-        raise result["error"]
-    return result["image"]
+def decode_with_timeout(data: bytes, max_pixels: int, timeout_s: float,
+                        worker: DecodeWorker | None = None) -> decode.DecodedImage:
+    """Decode in a child process (`worker`, else a new one, closed after); give up with
+    ImageDecodeError 'timeout' after `timeout_s`, the child killed so the work stops."""
+    own = worker is None
+    worker = DecodeWorker(max_pixels) if own else worker
+    try:
+        return worker.decode(data, timeout_s)
+    finally:
+        if own:
+            worker.close()

@@ -15,6 +15,7 @@ def new_record(image: str, mode: str, **fields: Any) -> dict:
         "payload": None, "decoded": None, "detected": None, "p_value": None, "ber": None,
         "corrected": None, "match": None, "psnr": None, "attacks": {}, "width": None,
         "height": None, "format": None, "line": None, "notes": [], "mode": mode,
+        "output_quality": None, "output_bytes": None, "existing_payload": None,
     }
     record.update(fields)
     return record
@@ -28,6 +29,11 @@ def skipped_record(image: str, mode: str, code: str, message: str, **fields: Any
     return new_record(image, mode, status="skipped", error_code=code, error=message, **fields)
 
 
+def ignored_record(image: str, mode: str, code: str, message: str, **fields: Any) -> dict:
+    """A file under --input that is not an image: listed, counted, left alone."""
+    return new_record(image, mode, status="ignored", error_code=code, error=message, **fields)
+
+
 class StepFailure(Exception):
     """This image's expected failure (`code`: the record's `error_code`), raised inside a step and
     turned into its error record by the step."""
@@ -35,10 +41,6 @@ class StepFailure(Exception):
     def __init__(self, code: str, message: str):
         super().__init__(message)
         self.code, self.message = code, message
-
-
-UNCHANGED_NOTE = ("unchanged: the marked image equals the input (its pixels are saturated where the "
-                  "mark would go), so it carries no mark")
 
 
 def read_fields(read: ReadResult) -> dict:

@@ -274,6 +274,8 @@ def format_console_summary(summary: Mapping[str, Any], output: str) -> str:
         f"{counts.get('error', 0):,} errors, {counts.get('skipped', 0):,} skipped",
         f"  {done}: {ok:,}, payload read back: {decoded:,} ({_pct(rate(decoded, ok))})",
     ]
+    if counts.get("ignored"):
+        lines.append(f"  ignored (not images): {counts['ignored']:,}")
     if summary.get("error_codes"):
         lines.append(f"  errors: {_code_list(summary['error_codes'])}")
     if summary.get("skip_reasons"):

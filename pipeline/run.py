@@ -17,7 +17,12 @@ job fails); 1 when the job itself failed. Errors are one `error: ...` line on st
 
 Re-runs: the previous run's report files (images-*.jsonl shards, summary.json, summary.html)
 are removed before the job starts, so the report always describes one run; marked images are
-rewritten in place under the same names (or skipped with --skip_existing). The order of records
+rewritten in place under the same names (or skipped with --skip_existing). Temp files that an
+interrupted run left under OUTPUT/marked/ (`.name.<uuid>.tmp`, older than
+`storage.STALE_TEMP_AGE_S`) are removed too.
+
+Console: only Filigree's own lines (TensorFlow's C++ start-up lines are filtered out, see
+`pipeline.console`) unless --verbose. The order of records
 in the JSONL shards is not specified (sort by `image`, `line` to compare runs); each record and
 summary.json are identical across re-runs over the same inputs.
 """
@@ -28,8 +33,12 @@ import json
 import logging
 import os
 import sys
+import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from pipeline.console import quiet_native_logs, verbose_requested  # noqa: E402 - first: before TensorFlow
+
+if __name__ == "__main__":
+    quiet_native_logs(verbose_requested(sys.argv[1:]))
 
 import apache_beam as beam  # noqa: E402
 from apache_beam.io.filesystems import FileSystems  # noqa: E402
@@ -41,7 +50,9 @@ from pipeline.graph import Watermark  # noqa: E402
 from pipeline.manifest import (InputSpec, check_manifests, combine_inputs, describe_input, has_scheme,  # noqa: E402
                                split_inputs)
 from pipeline.options import RunConfig, parse_run_args  # noqa: E402
+from pipeline.progress import Progress  # noqa: E402
 from pipeline.report import format_console_summary, write_summary  # noqa: E402
+from pipeline.storage import STALE_TEMP_AGE_S, is_temp_name  # noqa: E402
 from pipeline.summary import SummaryFn  # noqa: E402
 from pipeline.thumbnails import sample_thumbnails  # noqa: E402
 
@@ -122,6 +133,19 @@ def clear_report(output: str) -> list[str]:
     return stale
 
 
+def clear_stale_temp_files(output: str, min_age_s: float = STALE_TEMP_AGE_S) -> list[str]:
+    """Delete the temp files (`.name.<32 hex>.tmp`, see `storage.write_atomically`) that an
+    interrupted run left under OUTPUT/marked/, when older than `min_age_s` (a run writing there
+    right now keeps its own); their paths."""
+    pattern = FileSystems.join(output.rstrip("/"), "marked", "**")
+    now = time.time()
+    stale = [meta.path for meta in FileSystems.match([pattern])[0].metadata_list
+             if is_temp_name(meta.path) and now - (meta.last_updated_in_seconds or now) >= min_age_s]
+    if stale:
+        FileSystems.delete(stale)
+    return stale
+
+
 def describe_failure(exc: BaseException) -> str:
     """One line about a failed job (the first line of the error, without Beam's traceback)."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -141,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
         cfg, key, beam_args = parse_run_args(argv)
+        quiet_native_logs(cfg.verbose)
         model_dir = cfg.model
         if model_dir is None:
             from filigree.resources import bundled_model_dir
@@ -155,10 +180,12 @@ def main(argv: list[str] | None = None) -> int:
         options = beam_options(beam_args)
         if not options.view_as(GoogleCloudOptions).template_location:  # staging a template runs nothing
             clear_report(cfg.output)
+            clear_stale_temp_files(cfg.output)
     except (ValueError, BundleError, PayloadError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     del key
+    Progress.reset()
     print(f"filigree: {cfg.mode} {','.join(spec.patterns)} with model {card.name} ({codec.data_bits} data bits) "
           f"-> {cfg.output}", flush=True)
     try:

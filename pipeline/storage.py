@@ -23,6 +23,26 @@ def read_bytes(path: str) -> bytes:
         return handle.read()
 
 
+TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{32}\.tmp$")
+"""Names of `write_atomically`'s temp files: `.<name>.<uuid4 hex>.tmp`."""
+STALE_TEMP_AGE_S = 3600.0
+"""A temp file older than this was left by an interrupted run (a write takes seconds)."""
+
+
+def is_temp_name(path: str) -> bool:
+    """Whether the file name of `path` is one of `write_atomically`'s temp names."""
+    return TEMP_NAME.match(posixpath.basename(path.replace("\\", "/"))) is not None
+
+
+def read_head(path: str, size: int) -> bytes:
+    """The first `size` bytes of a file (fewer when it is shorter)."""
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        return handle.read(size)
+
+
 def write_atomically(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` through a uniquely named hidden temp file in the same
     directory, then rename it over ``path`` (overwriting). Local parents are created."""
@@ -63,6 +83,8 @@ def _mkdirs_local(directory: str) -> None:
             raise
 
 
+LOCAL_SCHEME_FOLDER = "local"
+"""The folder under `_external/` for local paths (URIs use their scheme's name)."""
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -72,8 +94,9 @@ def safe_relative_output(input_root: str, image_path: str) -> str:
 
     Paths under ``input_root`` (same scheme, whole components, after resolving ``.`` and
     ``..`` lexically) map to their path below it; ``image_path == input_root`` maps to its
-    file name. Anything else maps to ``_external/`` followed by its sanitised full path
-    (scheme dropped, bucket or host kept). Backslashes count as separators, control characters
+    file name. Anything else maps to ``_external/<scheme>/`` followed by its sanitised full path
+    (bucket or host kept; ``local`` stands for local paths), so ``/x/a.jpg`` and
+    ``gs://x/a.jpg`` never share an output. Backslashes count as separators, control characters
     become ``_`` and drive colons are dropped. Raises ValueError when no file name remains.
     """
     root_scheme, root_abs, root_parts = _path_parts(input_root)
@@ -91,7 +114,7 @@ def safe_relative_output(input_root: str, image_path: str) -> str:
     if under:
         relative = parts[len(root_parts) :] or parts[-1:]
     else:
-        relative = ["_external", *parts]
+        relative = ["_external", scheme or LOCAL_SCHEME_FOLDER, *parts]
     return posixpath.join(*relative)
 
 
@@ -155,3 +178,13 @@ def with_retries(action, what: str, attempts: int | None = None):
                         attempt + 1, attempts, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
+
+
+def write_marked(target: str, data: bytes) -> None:
+    """Write a marked image atomically, with retries; failures become `StepFailure('write_failed')`."""
+    from pipeline.records import StepFailure
+
+    try:
+        with_retries(lambda: write_atomically(target, data), "writing a marked image")
+    except Exception as exc:  # noqa: BLE001 - this image's failure, reported in its record
+        raise StepFailure("write_failed", f"cannot write the marked image: {type(exc).__name__}: {exc}"[:500]) from None

@@ -5,6 +5,10 @@ does not grow with the number of records, so it can summarise any number of imag
 merge partial accumulators in any order. Means are computed from exact integer sums, so the
 summary is bit-for-bit identical whatever the bundling and merge order.
 
+Counts: ``total`` is every image (``ok + error + skipped``); ``ignored`` counts the files under
+``--input`` that are not images (status ``ignored``), listed by path (the first
+``IGNORED_LISTED`` in sorted order) under ``"ignored"``.
+
 Views: ``"clean"`` covers the record's own read-back (``ber``, ``decoded``, ``detected``,
 ``match``); every key of ``record["attacks"]`` is a view of its own. Only ``"ok"`` records
 contribute to views, PSNR and the thumbnail sample.
@@ -43,6 +47,8 @@ __all__ = [
 ]
 
 SAMPLE_SIZE = 6
+IGNORED_LISTED = 100
+"""Ignored (non-image) files named in the summary; all of them are counted."""
 PSNR_HIST_LO = 20  # dB, lower edge of the first bin
 PSNR_HIST_HI = 60  # dB, upper edge of the last bin; bins are 1 dB wide, [lo, hi)
 CLEAN = "clean"
@@ -79,6 +85,9 @@ class SummaryAccumulator:
     ok: int = 0
     error: int = 0
     skipped: int = 0
+    ignored: int = 0
+    ignored_files: list[str] = dataclasses.field(default_factory=list)
+    """The first `IGNORED_LISTED` ignored paths in sorted order."""
     error_codes: dict[str, int] = dataclasses.field(default_factory=dict)
     skip_reasons: dict[str, int] = dataclasses.field(default_factory=dict)
     modes: dict[str, int] = dataclasses.field(default_factory=dict)
@@ -218,6 +227,10 @@ def add_record(acc: SummaryAccumulator, record: Mapping[str, Any]) -> SummaryAcc
     code = str(code) if code is not None else "unknown"
     mode = record.get("mode")
     _bump(acc.modes, str(mode) if mode is not None else "unknown")
+    if status == "ignored":
+        acc.ignored += 1
+        acc.ignored_files = sorted({*acc.ignored_files, str(record.get("image"))})[:IGNORED_LISTED]
+        return acc
     if status == "skipped":
         acc.skipped += 1
         _bump(acc.skip_reasons, code)
@@ -246,6 +259,8 @@ def merge(accumulators: Iterable[SummaryAccumulator]) -> SummaryAccumulator:
         out.ok += acc.ok
         out.error += acc.error
         out.skipped += acc.skipped
+        out.ignored += acc.ignored
+        out.ignored_files = sorted({*out.ignored_files, *acc.ignored_files})[:IGNORED_LISTED]
         for target, source in ((out.error_codes, acc.error_codes),
                                (out.skip_reasons, acc.skip_reasons), (out.modes, acc.modes)):
             for key, n in source.items():
@@ -316,7 +331,8 @@ def to_summary(acc: SummaryAccumulator) -> dict[str, Any]:
         "mode": _summary_mode(acc.modes),
         "modes": _sorted_counts(acc.modes),
         "counts": {"total": acc.ok + acc.error + acc.skipped, "ok": acc.ok,
-                   "error": acc.error, "skipped": acc.skipped},
+                   "error": acc.error, "skipped": acc.skipped, "ignored": acc.ignored},
+        "ignored": acc.ignored_files,
         "error_codes": _sorted_counts(acc.error_codes),
         "skip_reasons": _sorted_counts(acc.skip_reasons),
         "psnr": {

@@ -1,6 +1,7 @@
 """The verify stage: the views a read-back takes of a marked image (clean and after each attack of
 the suite, with their re-framing search copies), and `ReadBack`, which decodes the extractor's
-logits into the record's read-back fields."""
+logits into the record's read-back fields and, in embed mode, writes the marked file when it
+reads back its payload."""
 
 from __future__ import annotations
 
@@ -12,15 +13,17 @@ from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 from PIL import Image
 
+from filigree.capacity import readback_failure
 from filigree.imaging.pixels import pil_image, to_uint8
 from filigree.payload import PayloadCodec, ReadResult
 from filigree.reframe import SearchConfig, search_source
 from filigree.tiling import Tiling, decode_grid, decode_tiles, read_views, tile_views
 from filigree.watermarker import Watermarker
+from pipeline import storage
 from pipeline.handlers import SharedBundle, load_worker_bundle, travelling_model_dir
 from pipeline.planning import Item
 from pipeline.progress import NAMESPACE, Progress
-from pipeline.records import attack_fields, read_fields
+from pipeline.records import StepFailure, attack_fields, read_fields
 
 def seed_for(path: str, seed: int) -> int:
     """A per-image attack seed independent of processing order."""
@@ -61,8 +64,8 @@ class ReadBack(beam.DoFn):
     """(path, PredictionResult(item, {view: logits})) -> the finished record."""
 
     def __init__(self, codec: PayloadCodec, fpr: float, reframe_model: str | None = None,
-                 reframe: bool = False, tiling: Tiling = Tiling()):
-        self.codec, self.fpr, self.tiling = codec, fpr, tiling
+                 reframe: bool = False, tiling: Tiling = Tiling(), verbose: bool = False):
+        self.codec, self.fpr, self.tiling, self.verbose = codec, fpr, tiling, verbose
         self.reframe, self.reframe_model = reframe, travelling_model_dir(reframe_model)
         self.verified_counter = Metrics.counter(NAMESPACE, "verified")
         self.searched_counter = Metrics.counter(NAMESPACE, "searched")
@@ -72,7 +75,7 @@ class ReadBack(beam.DoFn):
         self.progress = Progress("read back")
         self.watermarker = None
         if self.reframe:
-            bundle = self._shared_bundle.acquire(lambda: SharedBundle(load_worker_bundle(self.reframe_model)))
+            bundle = self._shared_bundle.acquire(lambda: SharedBundle(load_worker_bundle(self.reframe_model, self.verbose)))
             self.watermarker = Watermarker(bundle.bundle, self.codec, fpr=self.fpr)
 
     def _read(self, item: Item, name: str, logits: np.ndarray, expected: str | None) -> ReadResult:
@@ -97,4 +100,19 @@ class ReadBack(beam.DoFn):
         record["attacks"] = {name: attack_fields(read) for name, read in reads.items()}
         self.verified_counter.inc()
         self.progress.tick()
+        if item.encoded is not None:
+            record = self._write_if_readable(item, record, clean, expected)
         yield record
+
+    @staticmethod
+    def _write_if_readable(item: Item, record: dict, clean: ReadResult, expected: str | None) -> dict:
+        """Embed mode: the marked file is written only when its clean read gives back the payload;
+        otherwise the record is an `unreadable` error and nothing is written."""
+        try:
+            failure = readback_failure(clean, expected)
+            if failure is not None:
+                raise StepFailure(failure.code, failure.message)
+            storage.write_marked(item.target, item.encoded)
+        except StepFailure as failure:
+            return {**record, "status": "error", "error_code": failure.code, "error": failure.message}
+        return {**record, "output": item.target}

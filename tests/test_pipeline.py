@@ -35,7 +35,7 @@ def mixed_folder(tmp_path_factory):
     photo_crop(PHOTOS[2], 800, 600).save(root / "c.webp", quality=90)
     photo_crop(PHOTOS[3], 32, 32).save(root / "tiny.png")
     photo_crop(PHOTOS[4], 4000, 3000).save(root / "big.jpg", quality=90)
-    (root / "notes.txt").write_text("not an image, not listed")
+    (root / "notes.txt").write_text("not an image: an ignored record")
     return root
 
 
@@ -49,12 +49,15 @@ def test_embed_with_manifest_and_attacks(mixed_folder, tmp_path):
                  "--verify", "attacks", "--attacks", "jpeg:50,resize:0.5,noise:0.04,brightness:1.3"])
     assert code == 0
     records = {os.path.relpath(r["image"], mixed_folder): r for r in read_records(str(out))}
+    # The manifest's rows are the work: --input is not listed, so notes.txt (named by no row) gets
+    # no record.
     assert set(records) == set(payloads)
+    assert records.pop("tiny.png")["error_code"] == "too_small"
     for name, record in records.items():
         assert record["status"] == "ok", record
         assert os.path.exists(record["output"])
         assert record["output"].startswith(str(out / "marked"))
-        assert record["psnr"] > 25
+        assert record["psnr"] >= 35
         assert set(record["attacks"]) == {"jpeg:50", "resize:0.5", "noise:0.04", "brightness:1.3"}
     for name in ("a.jpg", "nested/b.png", "big.jpg"):
         # The mark is read from the written file: far fewer bit errors than chance, so the
@@ -65,7 +68,7 @@ def test_embed_with_manifest_and_attacks(mixed_folder, tmp_path):
     assert Image.open(records["big.jpg"]["output"]).size == (4000, 3000)
     assert Image.open(records["c.webp"]["output"]).format == "WEBP"
     summary = read_summary(str(out))
-    assert summary["counts"] == {"total": 5, "ok": 5, "error": 0, "skipped": 0}
+    assert summary["counts"] == {"total": 5, "ok": 4, "error": 1, "skipped": 0, "ignored": 0}
     assert os.path.exists(out / "report" / "summary.html")
 
 
@@ -85,13 +88,13 @@ def test_glob_of_manifest_shards_rows_are_the_work(tmp_path):
                                          '{"image": "../x.jpg", "payload": "0e"}\n')
     out = tmp_path / "out"
     assert main(["--input", str(root), "--assignments", str(shards / "part-*"), "--output", str(out),
-                 "--verify", "none"]) == 0
+                 "--verify", "none", "--min_psnr", "0"]) == 0
     got = sorted((os.path.basename(r["image"]), r["line"], r["status"], r["error_code"]) for r in read_records(out))
     assert got == [("a.jpg", 2, "ok", None), ("a.jpg", 2, "skipped", "duplicate_row"), ("b.png", 1, "ok", None),
                    ("missing.jpg", 3, "error", "not_found"), ("x.jpg", 3, "error", "bad_path")]
     [duplicate] = [r for r in read_records(out) if r["status"] == "skipped"]
     assert duplicate["payload"] == "0d" and "part-0.csv line 2 is used" in duplicate["error"]
-    assert read_summary(out)["counts"] == {"total": 5, "ok": 2, "error": 2, "skipped": 1}
+    assert read_summary(out)["counts"] == {"total": 5, "ok": 2, "error": 2, "skipped": 1, "ignored": 0}
 
 
 def test_a_list_of_input_folders_is_listed_in_parallel_under_their_common_root(tmp_path):
@@ -103,7 +106,7 @@ def test_a_list_of_input_folders_is_listed_in_parallel_under_their_common_root(t
     photo_crop(PHOTOS[2], 96, 64).save(tmp_path / "incoming" / "2026-11-03" / "not-this-day.jpg")
     out = tmp_path / "out"
     assert main(["--input", ",".join(str(day) for day in days), "--payload", "0a", "--output", str(out),
-                 "--verify", "none"]) == 0
+                 "--verify", "none", "--min_psnr", "0"]) == 0
     records = read_records(out)
     assert sorted((os.path.relpath(r["output"], out / "marked"), r["status"]) for r in records) == [
         ("2026-11-01/photo.jpg", "ok"), ("2026-11-02/photo.jpg", "ok")]

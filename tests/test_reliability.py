@@ -29,10 +29,13 @@ from imagefiles import encoded as _save, srgb_icc as _srgb_icc
 from reports import read_records, read_summary
 from filigree.imaging import decode, encode
 from pipeline import handlers, marking, planning, prepare, storage
-from pipeline.records import UNCHANGED_NOTE, StepFailure
+from pipeline.records import StepFailure
 from pipeline.run import main
 
 KEY = "s3cret-Key-7f3a9e2b-do-not-leak"
+FORMAT_RUN = ("--min_psnr", "0", "--verify", "none")
+"""The corpus's images are tiny (formats and faults, not marking quality): marked at any
+visibility and not read back (tests/test_field.py checks the visibility floor and read-back)."""
 DEFAULT_PAYLOAD = "c0ffee"
 
 
@@ -150,7 +153,7 @@ def write_corpus(base) -> dict:
         (root / name).write_bytes(data)
     (root / "bad_payload.png").write_bytes(_save(_rgb(16, 16, 16), "PNG"))
     (root / "too_long_payload.png").write_bytes(_save(_rgb(16, 16, 17), "PNG"))
-    (root / "notes.txt").write_text("not an image: never listed")
+    (root / "notes.txt").write_text("not an image: listed as ignored")
     (outside / "secret.jpg").write_bytes(_save(_rgb(16, 16, 18), "JPEG"))
     (outside / "external.png").write_bytes(_save(_rgb(20, 20, 19), "PNG"))
     rows = [  # (image, payload); written with a BOM, CRLF, blank lines and an extra column
@@ -207,7 +210,7 @@ def corpus_run(tmp_path_factory):
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
             code = main(["--input", str(corpus["root"]), "--assignments", str(corpus["manifest"]),
                          "--payload", DEFAULT_PAYLOAD, "--output", str(out), "--key", KEY,
-                         "--batch_size", "4"])
+                         "--batch_size", "4", *FORMAT_RUN])
     finally:
         root_logger.removeHandler(handler)
         root_logger.setLevel(level)
@@ -242,17 +245,18 @@ def test_corpus_run_finishes_with_one_record_per_input(corpus_run):
     assert corpus_run["code"] == 0, corpus_run["stderr"]
     records, summary = corpus_run["records"], corpus_run["summary"]
     counts = summary["counts"]
-    assert counts["total"] == counts["ok"] + counts["error"] + counts["skipped"] == len(records)
+    assert counts["total"] == counts["ok"] + counts["error"] + counts["skipped"] == len(records) - 1
+    assert counts["ignored"] == 1 and summary["ignored"] == [str(corpus_run["root"] / "notes.txt")]
     for record in records:
-        assert record["status"] in ("ok", "error", "skipped"), record
+        assert record["status"] in ("ok", "error", "skipped", "ignored"), record
         if record["status"] != "ok":
             assert record["error_code"] and record["error"], record
     # every listed image and every manifest row: exactly one record
     listed = {name for name in corpus_run["valid"]} | set(corpus_run["broken"]) | {
         "bad_payload.png", "too_long_payload.png"}
     # one per listed image, plus the duplicate row of rgba.png, plus the rows that name no listed
-    # image: two traversal paths, one external image and one missing file
-    assert len(records) == len(listed) + 1 + 4
+    # image: two traversal paths, one external image and one missing file; notes.txt is ignored
+    assert len(records) == len(listed) + 1 + 4 + 1
     groups = by_image(records, corpus_run["root"])
     for name in listed - {"rgba.png"}:
         assert len(groups[name]) == 1, (name, groups.get(name))
@@ -265,12 +269,12 @@ def test_valid_images_are_marked_in_their_format_with_alpha_and_icc(corpus_run):
     out = corpus_run["out"]
     for name, (data, fmt, output_name) in corpus_run["valid"].items():
         [record] = [r for r in groups[name] if r["status"] != "skipped"]
+        if name == "tiny_1x1.png":  # its one pixel rounds back to itself: no mark, no file
+            assert (record["status"], record["error_code"], record["output"]) == ("error", "unreadable", None)
+            continue
         assert record["status"] == "ok", record
         assert record["output"] == str(out / "marked" / output_name), record
-        if name == "tiny_1x1.png":  # one pixel may round back to itself: then it says so
-            assert record["psnr"] is not None or UNCHANGED_NOTE in record["notes"], record
-        else:
-            assert record["psnr"] is not None, record
+        assert record["psnr"] is not None, record
         with Image.open(record["output"]) as marked:
             assert marked.format == fmt, (name, marked.format)
             with Image.open(io.BytesIO(data)) as source:
@@ -331,9 +335,9 @@ def test_duplicate_row_first_line_wins(corpus_run):
 def test_counts_and_codes_add_up(corpus_run):
     summary, records = corpus_run["summary"], corpus_run["records"]
     counts = summary["counts"]
-    assert counts["ok"] == len(corpus_run["valid"]) + 1  # + the external image
+    assert counts["ok"] == len(corpus_run["valid"]) - 1 + 1  # - the 1x1 image (unreadable), + the external one
     assert counts["skipped"] == 1
-    assert counts["error"] == len(records) - counts["ok"] - counts["skipped"]
+    assert counts["error"] == len(records) - counts["ok"] - counts["skipped"] - counts["ignored"]
     codes: dict[str, int] = {}
     for record in records:
         if record["status"] == "error":
@@ -377,7 +381,8 @@ def test_rerun_over_the_same_output_gives_identical_results(corpus_run, monkeypa
     threes = {"min_batch_size": 3, "max_batch_size": 3}  # cut batches otherwise than the first run
     monkeypatch.setattr(handlers.BundleHandler, "batch_elements_kwargs", lambda self: threes)
     code = main(["--input", str(corpus_run["root"]), "--assignments", str(corpus_run["manifest"]),
-                 "--payload", DEFAULT_PAYLOAD, "--output", str(out), "--key", KEY, "--batch_size", "4"])
+                 "--payload", DEFAULT_PAYLOAD, "--output", str(out), "--key", KEY, "--batch_size", "4",
+                 *FORMAT_RUN])
     assert code == 0
     assert (out / "report" / "summary.json").read_bytes() == first_summary
     assert sorted(read_records(out), key=key) == first_records
@@ -406,11 +411,13 @@ def test_inference_results_do_not_depend_on_how_batches_are_cut():
     for handler in (embedder, extractor):
         alone = handler.run_inference(items[:1], model)[0].inference
         together = handler.run_inference(items, model)[0].inference
-        if isinstance(alone, dict):
-            alone, together = alone["clean"], together["clean"]
-        np.testing.assert_array_equal(alone, together)
-    residual = embedder.run_inference(items, model)[2].inference
-    assert residual.shape[:2] == (3 * size, 3 * size)
+        name = "residual" if handler is embedder else "clean"
+        np.testing.assert_array_equal(alone[name], together[name])
+        if handler is embedder:
+            np.testing.assert_array_equal(alone["source_logits"], together["source_logits"])
+    embedded = embedder.run_inference(items, model)[2].inference
+    assert embedded["residual"].shape[:2] == (3 * size, 3 * size)
+    assert embedded["source_logits"].shape == (9, model.card.payload_bits)
     assert extractor.run_inference(items, model)[2].inference["clean"].shape == (9, model.card.payload_bits)
 
 
@@ -442,32 +449,32 @@ def test_skip_existing_resumes_without_redoing_and_output_inside_input_is_not_an
     """--output inside --input: a re-run never lists the marked files as inputs; with
     --skip_existing it redoes only the image whose output is missing."""
     out = small_folder / "out"
-    assert main(["--input", str(small_folder), "--payload", "1", "--output", str(out), "--verify", "none"]) == 0
+    assert main(["--input", str(small_folder), "--payload", "1", "--output", str(out), "--verify", "none", "--min_psnr", "0"]) == 0
     assert len(read_records(out)) == 3
     marked = {p: os.path.getmtime(out / "marked" / p) for p in ("a.png", "b.jpg", "c.gif.png")}
     os.remove(out / "marked" / "b.jpg")
-    assert main(["--input", str(small_folder), "--payload", "1", "--output", str(out), "--verify", "none",
+    assert main(["--input", str(small_folder), "--payload", "1", "--output", str(out), "--verify", "none", "--min_psnr", "0",
                  "--skip_existing"]) == 0
     records = {os.path.basename(r["image"]): r for r in read_records(out)}
     assert {k: (r["status"], r["error_code"]) for k, r in records.items()} == {
         "a.png": ("skipped", "exists"), "b.jpg": ("ok", None), "c.gif": ("skipped", "exists")}
     assert records["c.gif"]["output"] == str(out / "marked" / "c.gif.png")
     assert os.path.getmtime(out / "marked" / "a.png") == marked["a.png"]
-    assert read_summary(out)["counts"] == {"total": 3, "ok": 1, "error": 0, "skipped": 2}
+    assert read_summary(out)["counts"] == {"total": 3, "ok": 1, "error": 0, "skipped": 2, "ignored": 0}
     assert sorted(tree(out / "marked")) == ["a.png", "b.jpg", "c.gif.png"]
 
 
 def test_max_error_rate_fails_the_job_loudly(small_folder, tmp_path, capsys):
     (small_folder / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
     out = tmp_path / "out"
-    code = main(["--input", str(small_folder), "--payload", "1", "--output", str(out), "--verify", "none",
+    code = main(["--input", str(small_folder), "--payload", "1", "--output", str(out), "--verify", "none", "--min_psnr", "0",
                  "--max_error_rate", "0.1"])
     assert code == 3
     err = capsys.readouterr().err
     assert "1 of 4 inputs failed" in err and "--max_error_rate" in err
-    assert read_summary(out)["counts"] == {"total": 4, "ok": 3, "error": 1, "skipped": 0}
+    assert read_summary(out)["counts"] == {"total": 4, "ok": 3, "error": 1, "skipped": 0, "ignored": 0}
     # under the limit the same run passes
-    assert main(["--input", str(small_folder), "--payload", "1", "--output", str(out), "--verify", "none",
+    assert main(["--input", str(small_folder), "--payload", "1", "--output", str(out), "--verify", "none", "--min_psnr", "0",
                  "--max_error_rate", "0.25"]) == 0
 
 
@@ -502,7 +509,7 @@ def test_transient_write_failure_is_retried_to_exactly_one_output(small_folder, 
     monkeypatch.setattr(FileSystems, "rename", staticmethod(flaky_rename))
     monkeypatch.setattr(storage, "RETRY_DELAYS_S", (0.0,))
     out = tmp_path / "out"
-    assert main(["--input", str(small_folder), "--payload", "1", "--output", str(out), "--verify", "none"]) == 0
+    assert main(["--input", str(small_folder), "--payload", "1", "--output", str(out), "--verify", "none", "--min_psnr", "0"]) == 0
     assert calls == {"failed": 1, "renames": 2}
     records = {os.path.basename(r["image"]): r for r in read_records(out)}
     assert len(records) == 3 and all(r["status"] == "ok" for r in records.values()), records
@@ -531,10 +538,10 @@ def test_failed_step_then_rerun_leaves_exactly_one_correct_output(small_folder, 
 
     monkeypatch.setattr(storage, "write_atomically", crash_once)
     with pytest.raises(BaseException):
-        main(["--input", str(small_folder), "--payload", "1", "--output", str(out), "--verify", "none"])
+        main(["--input", str(small_folder), "--payload", "1", "--output", str(out), "--verify", "none", "--min_psnr", "0"])
     assert not [p for p in tree(tmp_path) if p.endswith(".tmp")]
     assert not os.path.exists(out / "marked" / "b.jpg")
-    assert main(["--input", str(small_folder), "--payload", "1", "--output", str(out), "--verify", "none"]) == 0
+    assert main(["--input", str(small_folder), "--payload", "1", "--output", str(out), "--verify", "none", "--min_psnr", "0"]) == 0
     records = read_records(out)
     assert sorted((os.path.basename(r["image"]), r["status"]) for r in records) == [
         ("a.png", "ok"), ("b.jpg", "ok"), ("c.gif", "ok")]
@@ -556,7 +563,7 @@ def test_unexpected_exceptions_become_error_records(small_folder, tmp_path, monk
     escaping = _raise_outside_handlers(marking.MarkAndWrite.process, "a.png")
     monkeypatch.setattr(marking.MarkAndWrite, "process", escaping)
     out = tmp_path / "out"
-    assert main(["--input", str(small_folder), "--payload", "1", "--output", str(out), "--verify", "none"]) == 0
+    assert main(["--input", str(small_folder), "--payload", "1", "--output", str(out), "--verify", "none", "--min_psnr", "0"]) == 0
     records = {os.path.basename(r["image"]): r for r in read_records(out)}
     assert set(records) == {"a.png", "b.jpg", "c.gif"}
     assert (records["a.png"]["status"], records["a.png"]["error_code"]) == ("error", "mark_failed")
@@ -567,7 +574,7 @@ def test_unexpected_exceptions_become_error_records(small_folder, tmp_path, monk
         assert records[name]["payload"] is not None and records[name]["output"] is None
     assert records["c.gif"]["status"] == "ok"
     assert sorted(tree(out / "marked")) == ["c.gif.png"]
-    assert read_summary(out)["counts"] == {"total": 3, "ok": 1, "error": 2, "skipped": 0}
+    assert read_summary(out)["counts"] == {"total": 3, "ok": 1, "error": 2, "skipped": 0, "ignored": 0}
 
 
 def _raise_outside_handlers(process, victim):
@@ -585,14 +592,14 @@ def test_failed_inference_batch_gives_each_image_its_own_record(small_folder, tm
 
     monkeypatch.setattr(handlers.EmbedderHandler, "run_inference", failing)
     out = tmp_path / "out"
-    assert main(["--input", str(small_folder), "--payload", "1", "--output", str(out), "--verify", "none",
+    assert main(["--input", str(small_folder), "--payload", "1", "--output", str(out), "--verify", "none", "--min_psnr", "0",
                  "--batch_size", "2"]) == 0
     records = read_records(out)
     assert sorted(os.path.basename(r["image"]) for r in records) == ["a.png", "b.jpg", "c.gif"]
     assert {(r["status"], r["error_code"]) for r in records} == {("error", "inference_failed")}
     assert all("injected inference failure" in r["error"] for r in records)
     assert all(r["width"] == 32 and r["payload"] for r in records)
-    assert read_summary(out)["counts"] == {"total": 3, "ok": 0, "error": 3, "skipped": 0}
+    assert read_summary(out)["counts"] == {"total": 3, "ok": 0, "error": 3, "skipped": 0, "ignored": 0}
     assert not (out / "marked").exists() or not tree(out / "marked")
 
 

@@ -219,7 +219,7 @@ def test_none_nan_and_inf_are_handled():
     ]
     summary = summarize(records)
     json.dumps(summary, allow_nan=False)  # strictly valid JSON
-    assert summary["counts"] == {"total": 6, "ok": 3, "error": 2, "skipped": 1}
+    assert summary["counts"] == {"total": 6, "ok": 3, "error": 2, "skipped": 1, "ignored": 0}
     assert summary["error_codes"] == {"invalid_status": 1, "unknown": 1}
     assert summary["skip_reasons"] == {"unknown": 1}
     assert summary["mode"] == "mixed"

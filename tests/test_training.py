@@ -146,8 +146,10 @@ def test_tiny_preset_reads_payloads_back(tmp_path):
 
     bundle, out = tmp_path / "bundle", tmp_path / "out"
     assert train.main(tiny_args(tmp_path / "work", 200, "--out", str(bundle))) == 0
-    assert run_pipeline(["--model", str(bundle), "--payload", TINY_PAYLOAD, "--output", str(out)]) == 0
-    records = read_records(out)
+    # a 200-step model's mark is loud: the visibility floor is off, the read-back is the point
+    assert run_pipeline(["--model", str(bundle), "--payload", TINY_PAYLOAD, "--output", str(out),
+                         "--min_psnr", "0"]) == 0
+    records = [r for r in read_records(out) if r["status"] != "ignored"]  # assignments.csv, LICENSE.md
     assert len(records) == len(list(SAMPLES.glob("*.[jp][pn]g"))) and all(r["status"] == "ok" for r in records)
     exact = [r["decoded"] == TINY_PAYLOAD for r in records]
     assert sum(exact) >= len(records) - 1, [r["ber"] for r in records]

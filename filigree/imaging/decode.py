@@ -9,7 +9,8 @@ tests).
 Policies
 --------
 * Supported inputs (detected from content, never from the file name): JPEG (including MPO,
-  whose first frame is used), PNG, WEBP, BMP, TIFF, GIF.
+  whose first frame is used), PNG, WEBP, BMP, TIFF, GIF, HEIF/HEIC (through pillow-heif) and
+  AVIF (Pillow's own plugin); HEIF and AVIF are written back as HEIF and AVIF, at 8 bits.
 * Animated or multi-frame images (GIF, APNG, WEBP, multi-page TIFF) are refused with code
   ``"animated"``.
 * Grayscale inputs (``1``, ``L``, ``LA``, ``I;16*``, ``I``) stay grayscale: the marked RGB is
@@ -19,7 +20,8 @@ Policies
 * BMP with alpha is written as PNG (Pillow's BMP writer cannot store alpha).
 * CMYK is converted to sRGB (through its embedded ICC profile when it has one) and written as
   RGB in its own format; the CMYK ICC profile is dropped.
-* 16-bit grayscale stays 16-bit for PNG and TIFF. Pillow decodes 16-bit colour PNG/TIFF at
+* 16-bit grayscale stays 16-bit for PNG and TIFF; its true depth (PNG ``sBIT``, else the
+  values' range, see `filigree.imaging.depth`) is in ``DecodedImage.depth``. Pillow decodes 16-bit colour PNG/TIFF at
   8 bits; such images are written at 8 bits and the record notes it.
 * Arrays in a ``DecodedImage`` are read-only; marking produces new arrays.
 """
@@ -34,12 +36,27 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
+import pillow_heif
 from PIL import Image, ImageCms, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
+from filigree.imaging.depth import SampleDepth, sample_depth
 from filigree.imaging.pixels import pixel_view, raise_block_size, rgbx_base, to_float_rgb
 
-SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF"})
-_PILLOW_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")  # JPEG also opens MPO
+pillow_heif.register_heif_opener()  # HEIF/HEIC through libheif (Pillow has AVIF itself)
+
+SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "HEIF", "AVIF"})
+_PILLOW_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "HEIF", "AVIF")  # JPEG also opens MPO
+LOSSY_FORMATS = frozenset({"JPEG", "HEIF", "AVIF"})
+"""Formats always written lossily (WEBP is lossy or lossless, like its source)."""
+_SIGNATURES = (
+    (0, b"\xff\xd8\xff", "JPEG"), (0, b"\x89PNG\r\n\x1a\n", "PNG"), (0, b"GIF87a", "GIF"),
+    (0, b"GIF89a", "GIF"), (0, b"BM", "BMP"), (0, b"II*\x00", "TIFF"), (0, b"MM\x00*", "TIFF"),
+    (0, b"II+\x00", "TIFF"), (0, b"MM\x00+", "TIFF"),
+)
+_HEIF_BRANDS = {b"heic": "HEIF", b"heix": "HEIF", b"heim": "HEIF", b"heis": "HEIF", b"hevc": "HEIF",
+                b"hevx": "HEIF", b"mif1": "HEIF", b"msf1": "HEIF", b"avif": "AVIF", b"avis": "AVIF"}
+SNIFF_BYTES = 32
+"""Bytes from the start of a file that `sniff_format` needs."""
 ERROR_CODES = frozenset(
     {"empty", "not_an_image", "unsupported", "too_large", "animated", "truncated", "corrupt"}
 )
@@ -59,12 +76,28 @@ _IJG_LUMA_TABLE = (
 )
 
 
+def sniff_format(head: bytes) -> str | None:
+    """The image format that the first `SNIFF_BYTES` of a file announce (magic numbers of the
+    supported formats), or None: content that is not a supported image."""
+    for offset, magic, name in _SIGNATURES:
+        if head[offset:offset + len(magic)] == magic:
+            return name
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head[4:8] == b"ftyp":
+        return _HEIF_BRANDS.get(head[8:12])
+    return None
+
+
 class ImageDecodeError(ValueError):
     """An input that cannot be watermarked; ``code`` is one of ``ERROR_CODES``."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"{code}: {message}")
-        self.code = code
+        self.code, self.message = code, message
+
+    def __reduce__(self):
+        return type(self), (self.code, self.message)
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,6 +131,20 @@ class DecodedImage:
     comment: bytes | None = None
     text: tuple[tuple[str, str], ...] = ()
     notes: tuple[str, ...] = ()
+    depth: SampleDepth | None = None
+    """16-bit grey: the data's true depth (`filigree.imaging.depth`); None for 8-bit pixels."""
+
+    @property
+    def peak(self) -> int:
+        """The data's largest possible sample value: 255 for 8-bit pixels, else the true
+        depth's (4095 for 12-bit data in a 16-bit file)."""
+        return self.depth.peak if self.depth is not None else self.maxval
+
+    @property
+    def model_pixels(self) -> np.ndarray:
+        """The pixels as the models see them: 16-bit grey stretched from its true depth to the
+        full range (`SampleDepth.full_range`), else the pixels themselves."""
+        return self.pixels if self.depth is None else self.depth.full_range(self.pixels)
 
     @property
     def height(self) -> int:
@@ -147,7 +194,8 @@ class DecodedImage:
     @property
     def output_extension(self) -> str:
         """Conventional file extension for ``output_format``, with the dot."""
-        return {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif"}[
+        return {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif",
+                "HEIF": ".heic", "AVIF": ".avif"}[
             self.output_format
         ]
 
@@ -292,7 +340,25 @@ def _build_record(
         comment=_comment(im.info.get("comment")) if fmt == "JPEG" else None,
         text=_png_text(im) if fmt == "PNG" else (),
         notes=tuple(notes),
+        depth=sample_depth(pixels, _png_sbit(data, 1) if fmt == "PNG" else None)
+        if pixels.dtype == np.uint16 else None,
     )
+
+
+def _png_sbit(data: bytes, channels: int) -> int | None:
+    """The PNG ``sBIT`` chunk's significant bits (the largest over `channels`), if present.
+
+    Walks the chunk headers before the first IDAT (Pillow does not expose sBIT)."""
+    pos = 8
+    while pos + 8 <= len(data):
+        length = struct.unpack(">I", data[pos:pos + 4])[0]
+        kind = data[pos + 4:pos + 8]
+        if kind in (b"IDAT", b"IEND"):
+            return None
+        if kind == b"sBIT" and length >= channels and pos + 8 + channels <= len(data):
+            return max(data[pos + 8:pos + 8 + channels])
+        pos += 12 + length
+    return None
 
 
 def _readonly(array: np.ndarray) -> np.ndarray:

@@ -13,11 +13,35 @@ import io
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from filigree.imaging.decode import EXIF_PREFIX, DecodedImage
+from filigree.imaging.decode import EXIF_PREFIX, LOSSY_FORMATS, DecodedImage
 from filigree.imaging.pixels import pil_image, quantize
+
+MIN_MARK_QUALITY = 70
+"""The lowest JPEG/WebP quality a marked image is written at by default: below it the mark
+stops reading back reliably (measured with `benchmarks/jpeg_floor.py`, see docs/formats.md)."""
+UNKNOWN_SOURCE_QUALITY = 95
+"""Output quality when the source's cannot be estimated (lossy WebP without a readable header,
+JPEG-compressed TIFF)."""
 
 _XMP_TAG = 700
 _LOSSLESS_TIFF = frozenset({"raw", "tiff_lzw", "tiff_adobe_deflate", "packbits"})
+
+
+def output_quality(decoded: DecodedImage, requested: int | None = None) -> int | None:
+    """The quality a marked image is written at: `requested` when given; else the source's
+    estimated quality (`DecodedImage.quality`), raised to `MIN_MARK_QUALITY` when lower, or
+    `UNKNOWN_SOURCE_QUALITY` when unknown. None for outputs without a quality setting (PNG,
+    BMP, lossless WebP, TIFF without JPEG compression)."""
+    fmt = decoded.output_format
+    lossy = (fmt in LOSSY_FORMATS or (fmt == "WEBP" and not decoded.lossless)
+             or (fmt == "TIFF" and decoded.compression == "jpeg" and decoded.output_mode in ("L", "RGB")))
+    if not lossy:
+        return None
+    if requested is not None:
+        return int(requested)
+    if decoded.quality is None:
+        return UNKNOWN_SOURCE_QUALITY
+    return max(int(decoded.quality), MIN_MARK_QUALITY)
 
 
 def encode_image(
@@ -102,7 +126,9 @@ def _save_options(
             info.add_itxt(key, value)
         if decoded.xmp:
             info.add_itxt("XML:com.adobe.xmp", decoded.xmp.decode("utf-8", "replace"))
-        if decoded.text or decoded.xmp:
+        if decoded.depth is not None and decoded.depth.sbit is not None and decoded.output_mode == "I;16":
+            info.add(b"sBIT", bytes([decoded.depth.sbit]))
+        if decoded.text or decoded.xmp or len(info.chunks):
             opts["pnginfo"] = info
     elif fmt == "WEBP":
         if decoded.lossless:
@@ -111,6 +137,12 @@ def _save_options(
             opts.update(quality=quality, alpha_quality=100)
         if exif:
             opts["exif"] = exif[len(EXIF_PREFIX) :] if exif.startswith(EXIF_PREFIX) else exif
+        if decoded.xmp:
+            opts["xmp"] = decoded.xmp
+    elif fmt in ("HEIF", "AVIF"):
+        opts["quality"] = quality
+        if exif:
+            opts["exif"] = exif
         if decoded.xmp:
             opts["xmp"] = decoded.xmp
     elif fmt == "TIFF":

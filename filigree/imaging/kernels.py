@@ -102,7 +102,7 @@ def _upsample_pillow(residual: np.ndarray, height: int, width: int) -> np.ndarra
 _REPLICATE = np.uint32(0x01010101)
 
 
-def add_residual(pixels: np.ndarray, residual: np.ndarray, scale: float) -> np.ndarray:
+def add_residual(pixels: np.ndarray, residual: np.ndarray, scale: float, peak: int | None = None) -> np.ndarray:
     """Marked copy of native ``pixels``: ``clip(p + floor(scale * up(residual) + 0.5))``.
 
     ``pixels`` is uint8 ``[H, W, 3]``, uint8 ``[H, W]`` or uint16 ``[H, W]`` (as in
@@ -112,6 +112,8 @@ def add_residual(pixels: np.ndarray, residual: np.ndarray, scale: float) -> np.n
     65535). The result has the same type and shape (colour as a view with a 4-byte pixel
     stride, which ``pil_image`` wraps without a copy). Works in row tiles: 8-bit images with
     saturating uint8 arithmetic, others in int32; the only full-size array is the result.
+    ``peak`` (16-bit pixels only) clips to a lower top than 65535: the data's own (see
+    `filigree.imaging.depth`).
     """
     residual = np.asarray(residual, dtype=np.float32)
     if residual.ndim != 3 or residual.shape[2] not in (1, 3):
@@ -127,6 +129,10 @@ def add_residual(pixels: np.ndarray, residual: np.ndarray, scale: float) -> np.n
         residual = (residual @ LUMA)[..., None]
     height, width = pixels.shape[:2]
     maxval = 65535 if pixels.dtype == np.uint16 else 255
+    if peak is not None:
+        if pixels.dtype != np.uint16 or not 1 <= peak <= 65535:
+            raise ValueError(f"peak {peak} needs uint16 pixels and a value in [1, 65535]")
+        maxval = int(peak)
     small = float(np.abs(residual).max(initial=0.0)) * abs(scale) < 127.0
     offset = 128.5 if pixels.dtype == np.uint8 and small else 0.5
     planes = [_Lerp(residual[..., c], height, width, float(scale), offset)
