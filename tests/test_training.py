@@ -150,10 +150,12 @@ def test_tiny_preset_reads_payloads_back(tmp_path):
     assert run_pipeline(["--model", str(bundle), "--payload", TINY_PAYLOAD, "--output", str(out),
                          "--min_psnr", "0"]) == 0
     records = [r for r in read_records(out) if r["status"] != "ignored"]  # assignments.csv, LICENSE.md
-    assert len(records) == len(list(SAMPLES.glob("*.[jp][pn]g"))) and all(r["status"] == "ok" for r in records)
-    exact = [r["decoded"] == TINY_PAYLOAD for r in records]
-    assert sum(exact) >= len(records) - 1, [r["ber"] for r in records]
-    assert np.mean([r["ber"] for r in records]) <= 0.05
+    assert len(records) == len(list(SAMPLES.glob("*.[jp][pn]g")))
+    # `ok` means read back exactly; an unlucky photo is an `unreadable` error, with its BER
+    exact = [r["status"] == "ok" and r["decoded"] == TINY_PAYLOAD for r in records]
+    assert all(r["status"] == "ok" or r["error_code"] == "unreadable" for r in records), records
+    assert sum(exact) >= len(records) - 1, [r.get("ber") for r in records]
+    assert np.mean([r["ber"] for r in records if r.get("ber") is not None]) <= 0.05
 
 
 def checkpoint_values(workdir: Path) -> dict[str, np.ndarray]:

@@ -119,6 +119,9 @@ class LossConfig:
     (smooth blobs are what the eye sees best)."""
     low_frequency_cutoff: float = 4.0
     """Radial frequency, cycles per tile, below which tile energy is penalised."""
+    bit_loss: str = "bce"
+    """Seed architecture only: the watermark-plane loss, `bce` (binary cross-entropy) or `mse`
+    (the original design). The residual nets always use BCE on their logits."""
 
 
 @dataclass(frozen=True)
@@ -207,10 +210,28 @@ PRESETS: dict[str, TrainConfig] = {
     "seed": TrainConfig(
         name="seed",
         description="The original Keras autoencoder: 28x28 grayscale Fashion-MNIST, w as a 28x28 "
-                    "binary plane, GaussianNoise(0.5), two MSE losses.",
+                    "binary plane (784 bits), GaussianNoise(0.5), two MSE losses. 784 bits exceed "
+                    "the noisy channel's capacity (at most 392 bits per image even with the image "
+                    "given up; docs/seed.md). Measured after 400 steps on 512 held-out test "
+                    "images: 18.3 dB PSNR, bit accuracy 0.500 through the noise (chance).",
         model=ModelConfig(architecture="seed", working_size=28, payload_bits=28 * 28),
+        loss=LossConfig(bit_loss="mse"),
         data="/usr/share/datasets/fashion-mnist",
         batch_size=64, learning_rate=1e-3, steps=6000, eval_every=1000, eval_samples=512,
+    ),
+    "seed-fixed": TrainConfig(
+        name="seed-fixed",
+        description="The seed autoencoder changed only where the channel demands it: the same "
+                    "three networks, 28x28 Fashion-MNIST and GaussianNoise(0.5), but a 16-bit "
+                    "payload, each bit spread over a 7x7 block of the w plane and read as the "
+                    "block mean of the sigmoid output, BCE on the bits, bit weight 0.2 and "
+                    "learning rate 3e-3 (docs/seed.md). Measured at its 800 steps on 512 held-out "
+                    "test images: bit accuracy 0.929 through the noise (0.974 clean) at 14.1 dB "
+                    "PSNR, a plainly visible mark.",
+        model=ModelConfig(architecture="seed", working_size=28, payload_bits=16),
+        loss=LossConfig(bit_loss="bce", bit_weight=0.2),
+        data="/usr/share/datasets/fashion-mnist",
+        batch_size=64, learning_rate=3e-3, steps=800, eval_every=200, eval_samples=512,
     ),
 }
 

@@ -6,10 +6,17 @@
     GaussianNoise(0.5) (training only)
     w-predictor: Conv2D 8 (5x5) -> 4 (3x3), ReLU -> 1 (3x3), sigmoid -> w_hat [28,28,1]
 
-Loss: MSE(marked, image) + bit_weight * MSE(w_hat, w); the preset keeps `loss.bit_weight` at 1
-(equal weights). All convolutions use padding "same".
-The payload is the 784-bit plane w (one bit per pixel). Images, payloads and the training noise
-are pure functions of (seed, step), so a resumed run repeats an uninterrupted one exactly.
+Loss: image MSE(marked, image) + bit_weight * watermark loss(w_hat, w), the watermark loss being
+MSE against the plane (`loss.bit_loss="mse"`, the original) or binary cross-entropy of each
+bit's block read-out (`"bce"`).
+All convolutions use padding "same".
+
+The payload of L = k * k bits (k divides 28) is spread over the plane: bit i fills one
+(28/k) x (28/k) block of w, and is read back as the mean of w_hat over its block (de-spreading).
+The `seed` preset keeps L = 784 (k = 28: one bit per pixel, the original); `seed-fixed` uses
+L = 16 (7 x 7 blocks). See docs/seed.md for why 784 bits cannot pass GaussianNoise(0.5).
+Images, payloads and the training noise are pure functions of (seed, step), so a resumed run
+repeats an uninterrupted one exactly.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from training.models import luma
 SIDE = 28
 NOISE_STDDEV = 0.5
 LOGIT_EPS = 1e-6
+BIT_LOSSES = ("mse", "bce")
 
 ENCODER_LAYERS = ((8, 5), (4, 3), (2, 3), (1, 3))
 DECODER_LAYERS = ((2, 5), (4, 3), (8, 3))
@@ -133,9 +141,32 @@ def reseed(noise: layers.GaussianNoise, seed) -> None:
     state.assign(ops.cast(seed, state.dtype))
 
 
+def blocks_per_side(payload_bits: int) -> int:
+    """k for a payload of k * k bits spread over k x k equal blocks of the 28 x 28 plane.
+
+    Raises ValueError unless payload_bits is k * k with k dividing 28 (1, 4, 16, 49, 196, 784)."""
+    k = int(round(payload_bits ** 0.5))
+    if k * k != payload_bits or k < 1 or SIDE % k:
+        raise ValueError(f"the seed architecture spreads k * k bits over k x k blocks of the "
+                         f"{SIDE} x {SIDE} plane (k dividing {SIDE}: 1, 4, 16, 49, 196 or 784 "
+                         f"bits), got {payload_bits}")
+    return k
+
+
 def to_plane(bits):
-    """[N, 784] -> [N, 28, 28, 1]."""
-    return ops.reshape(bits, (-1, SIDE, SIDE, 1))
+    """Spread bits [N, k*k] over the plane: [N, 28, 28, 1], bit i repeated over block i
+    (row-major blocks of (28/k) x (28/k) pixels). k = 28 is the original one bit per pixel."""
+    k = blocks_per_side(int(bits.shape[-1]))
+    grid = ops.reshape(bits, (-1, k, k, 1))
+    return ops.repeat(ops.repeat(grid, SIDE // k, axis=1), SIDE // k, axis=2)
+
+
+def from_plane(plane, payload_bits: int):
+    """De-spread: the mean of each block of `plane` [N, 28, 28, 1] -> [N, payload_bits]."""
+    k = blocks_per_side(payload_bits)
+    block = SIDE // k
+    blocks = ops.reshape(plane, (-1, k, block, k, block))
+    return ops.reshape(ops.mean(blocks, axis=(2, 4)), (-1, payload_bits))
 
 
 def probability_to_logit(p):
@@ -149,9 +180,21 @@ def psnr(a, b):
     return -10.0 * ops.log10(ops.mean(ops.square(a - b)) + 1e-12)
 
 
-def bit_accuracy(w_hat, w):
-    """Share of plane bits read correctly (p > 0.5 reads as 1)."""
-    return ops.mean(ops.cast(ops.equal(ops.cast(w_hat > 0.5, "float32"), w), "float32"))
+def bit_accuracy(p, bits):
+    """Share of bits read correctly (p > 0.5 reads as 1); p and bits of one shape."""
+    return ops.mean(ops.cast(ops.equal(ops.cast(p > 0.5, "float32"), bits), "float32"))
+
+
+def watermark_loss(w_hat, bits, kind: str):
+    """The watermark loss of the predicted plane w_hat [N,28,28,1] (probabilities) against the
+    payload bits [N,L]: `mse`, the original per-pixel MSE against the spread plane, or `bce`,
+    binary cross-entropy of each bit's block read-out (for L = 784, per-pixel BCE).
+    Raises ValueError for another kind."""
+    if kind == "mse":
+        return ops.mean(ops.square(w_hat - to_plane(bits)))
+    if kind == "bce":
+        return ops.mean(ops.binary_crossentropy(bits, from_plane(w_hat, int(bits.shape[-1]))))
+    raise ValueError(f"loss.bit_loss must be one of {BIT_LOSSES}, got {kind!r}")
 
 
 # -- task --------------------------------------------------------------------------------------
@@ -161,10 +204,13 @@ class SeedTask:
 
     def __init__(self, cfg: TrainConfig, train_images: np.ndarray, val_images: np.ndarray):
         model = cfg.model
-        if model.working_size != SIDE or model.payload_bits != SIDE * SIDE:
-            raise ValueError(f"the seed architecture needs working_size {SIDE} and payload_bits "
-                             f"{SIDE * SIDE}, got {model.working_size} and {model.payload_bits}")
+        if model.working_size != SIDE:
+            raise ValueError(f"the seed architecture needs working_size {SIDE}, got {model.working_size}")
+        blocks_per_side(model.payload_bits)
+        if cfg.loss.bit_loss not in BIT_LOSSES:
+            raise ValueError(f"loss.bit_loss must be one of {BIT_LOSSES}, got {cfg.loss.bit_loss!r}")
         self.cfg = cfg
+        self.payload_bits = model.payload_bits
         self.train_images, self.val_images = train_images, val_images
         self.autoencoder = build_autoencoder(cfg.seed)
         self.encoder = self.autoencoder.get_layer("encoder")
@@ -174,17 +220,17 @@ class SeedTask:
 
     # -- data ------------------------------------------------------------------------------
     def example(self, step: int, batch_size: int):
-        """(images [B,28,28,1], bits [B,784]) for one step, a pure function of (seed, step)."""
+        """(images [B,28,28,1], bits [B,L]) for one step, a pure function of (seed, step)."""
         return (sample_batch(self.train_images, self.cfg.seed, step, batch_size),
-                random_bits(self.cfg.seed, step, batch_size, SIDE * SIDE))
+                random_bits(self.cfg.seed, step, batch_size, self.payload_bits))
 
     def eval_example(self):
         """The first `eval_samples` validation images with fixed payloads."""
         n = min(self.cfg.eval_samples, len(self.val_images))
-        return self.val_images[:n], random_bits(self.cfg.seed + 7, 0, n, SIDE * SIDE)
+        return self.val_images[:n], random_bits(self.cfg.seed + 7, 0, n, self.payload_bits)
 
     def signature(self):
-        return (tf.TensorSpec([SIDE, SIDE, 1], tf.float32), tf.TensorSpec([SIDE * SIDE], tf.float32))
+        return (tf.TensorSpec([SIDE, SIDE, 1], tf.float32), tf.TensorSpec([self.payload_bits], tf.float32))
 
     def trainable_variables(self):
         return self.autoencoder.trainable_variables
@@ -194,7 +240,7 @@ class SeedTask:
 
     # -- model pieces ----------------------------------------------------------------------
     def mark(self, images, bits):
-        """Marked images [B,28,28,1] from grayscale covers and flat bits."""
+        """Marked images [B,28,28,1] from grayscale covers and bits [B,L]."""
         code = self.encoder(images, training=False)
         return self.decoder({"code": code, "w": to_plane(bits)}, training=False)
 
@@ -211,29 +257,33 @@ class SeedTask:
         out = self.autoencoder({"image": images, "w": w}, training=True)
         marked, w_hat = out["marked"], out["w_hat"]
         image_mse = ops.mean(ops.square(marked - images))
-        w_mse = ops.mean(ops.square(w_hat - w))
-        total = image_mse + self.cfg.loss.bit_weight * w_mse
+        w_loss = watermark_loss(w_hat, bits, self.cfg.loss.bit_loss)
+        total = image_mse + self.cfg.loss.bit_weight * w_loss
         metrics = {
             "loss": total,
             "image_mse": image_mse,
-            "w_mse": w_mse,
-            "bit_acc": bit_accuracy(w_hat, w),
+            "w_loss": w_loss,
+            "bit_acc": bit_accuracy(from_plane(w_hat, self.payload_bits), bits),
             "psnr": psnr(marked, images),
             "attack_strength": ops.convert_to_tensor(1.0),
         }
         return total, metrics
 
     def evaluate(self, images, bits, step=None, target_psnr=None) -> dict:
-        """PSNR of marked vs cover and plane bit accuracy, clean and through GaussianNoise(0.5).
-        `step` and `target_psnr` are accepted for the Trainer's interface; nothing here is scheduled."""
-        w = to_plane(bits)
+        """PSNR of marked vs cover and payload bit accuracy (block read-out), clean and through
+        GaussianNoise(0.5). `step` and `target_psnr` are accepted for the Trainer's interface;
+        nothing here is scheduled."""
         marked = self.mark(images, bits)
         noisy = self.noisy(marked, tf.constant([self.cfg.seed, 12345], tf.int64))
         return {
             "psnr": psnr(marked, images),
-            "acc_clean": bit_accuracy(self.w_predictor(marked, training=False), w),
-            "acc_noise": bit_accuracy(self.w_predictor(noisy, training=False), w),
+            "acc_clean": bit_accuracy(self.read(marked), bits),
+            "acc_noise": bit_accuracy(self.read(noisy), bits),
         }
+
+    def read(self, images):
+        """p(bit = 1) [B,L]: the predicted plane de-spread over the payload's blocks."""
+        return from_plane(self.w_predictor(images, training=False), self.payload_bits)
 
     # -- export ----------------------------------------------------------------------------
     def serving(self, step: int | None = None, target_psnr: float | None = None):
@@ -245,9 +295,8 @@ class SeedTask:
             return self.mark(gray, bits) - gray
 
         def logits_fn(image):
-            p = self.w_predictor(luma(image), training=False)
-            return ops.reshape(probability_to_logit(p), (-1, SIDE * SIDE))
+            return probability_to_logit(self.read(luma(image)))
 
         networks = [self.autoencoder]
-        return (EmbedderServing(residual_fn, SIDE, SIDE * SIDE, networks),
+        return (EmbedderServing(residual_fn, SIDE, self.payload_bits, networks),
                 ExtractorServing(logits_fn, SIDE, networks))
