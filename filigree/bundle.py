@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from filigree.payload import informed_p_scale
+from filigree.detection import informed_p_scale
 from filigree.tiling import Tiling
 
 BUNDLE_FORMAT = "filigree-bundle/1"
