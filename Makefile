@@ -25,8 +25,9 @@ install: $(STAMP)
 
 # The project goes in without dependencies (all came from the lock), built with the lock's
 # setuptools rather than a freshly downloaded one.
-# Quiet (no command echo, pip without progress or notices): `make run` prints only Filigree's lines.
-PIP_QUIET := -q --disable-pip-version-check
+# Quiet (no command echo; pip shows errors only, not progress, notices or warnings about the
+# machine's own pip configuration): `make run` prints only Filigree's lines.
+PIP_QUIET := -qq --disable-pip-version-check
 $(STAMP):
 	@echo "filigree: installing the locked environment into $(VENV) (first run only)"
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
