@@ -30,8 +30,8 @@ from keras import layers, ops
 
 from training import attacks as attack_lib
 from training.config import TrainConfig
-from training.data import CropSampler, random_bits
 from training.models import luma, psnr_to_rms
+from training.photo_task import PhotoTask
 
 
 # -- layers -----------------------------------------------------------------------------------
@@ -205,74 +205,20 @@ def spectral_low_share(tiles, cutoff: float):
 
 
 # -- the task ----------------------------------------------------------------------------------
-def ramp(step, start: int, length: int):
-    progress = (tf.cast(step, tf.float32) - start) / max(length, 1)
-    return tf.clip_by_value(progress, 0.0, 1.0)
-
-
-class PeriodicTask:
-    """Networks, schedules and step functions of the periodic recipe (same interface as
-    `training.residual.ResidualTask`, which `training.train.Trainer` drives)."""
+class PeriodicTask(PhotoTask):
+    """Networks and step functions of the periodic recipe (schedules and data: `PhotoTask`)."""
 
     template_bank = 512
 
     def __init__(self, cfg: TrainConfig, train_photos, val_photos):
-        self.cfg = cfg
         m, a = cfg.model, cfg.attacks
-        self.tile = m.working_size
-        self.canvas = a.canvas_size
-        if cfg.batch_size % len(a.kinds):
-            raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of the {len(a.kinds)} attack kinds")
+        super().__init__(cfg, train_photos, val_photos, a.canvas_size)
         if a.max_period * a.fold_periods > self.canvas:
             raise ValueError(f"{a.fold_periods} periods of {a.max_period} px do not fit a {self.canvas} px canvas")
+        self.tile = m.working_size
         self.generator = build_generator(self.tile, m.payload_bits, m.embedder_channels)
         self.extractor = build_tile_extractor(self.tile, m.payload_bits, m.extractor_channels)
-        self.attacks = attack_lib.build_attacks(a)
         self.templates = tf.constant(training_templates(self.template_bank, cfg.seed))
-        self.train_sampler = CropSampler(train_photos, self.canvas, cfg.seed)
-        self.val_sampler = CropSampler(val_photos, self.canvas, cfg.seed + 1_000_003)
-        self.psnr_state = tf.Variable(cfg.loss.psnr_start, dtype=tf.float32, trainable=False, name="psnr_target")
-        self.accuracy_ema = tf.Variable(0.5, dtype=tf.float32, trainable=False, name="accuracy_ema")
-        self.eval_attacks = {name: layer(a) for name, layer in attack_lib.ATTACKS.items()}
-
-    # -- schedules ---------------------------------------------------------------------------
-    def attack_strength(self, step):
-        return ramp(step, self.cfg.attacks.start_step, self.cfg.attacks.ramp_steps)
-
-    def psnr_target(self, step):
-        loss = self.cfg.loss
-        if loss.psnr_schedule == "adaptive":
-            return self.psnr_state.read_value()
-        progress = ramp(step, loss.psnr_ramp_start, loss.psnr_ramp_steps)
-        return loss.psnr_start + (loss.psnr_final - loss.psnr_start) * progress
-
-    def after_step(self, step: int, metrics: dict) -> None:
-        loss = self.cfg.loss
-        if loss.psnr_schedule != "adaptive":
-            return
-        ema = 0.98 * float(self.accuracy_ema.numpy()) + 0.02 * float(metrics["bit_acc"])
-        self.accuracy_ema.assign(ema)
-        if step < loss.psnr_ramp_start:
-            return
-        target = float(self.psnr_state.numpy())
-        if ema > loss.psnr_up_accuracy:
-            target += loss.psnr_step_db
-        elif ema < loss.psnr_down_accuracy:
-            target -= loss.psnr_step_db
-        self.psnr_state.assign(min(max(target, loss.psnr_start), loss.psnr_final))
-
-    # -- data --------------------------------------------------------------------------------
-    def example(self, step: int, batch_size: int):
-        return (self.train_sampler.batch(step, batch_size),
-                random_bits(self.cfg.seed, step, batch_size, self.cfg.model.payload_bits))
-
-    def eval_example(self):
-        n = self.cfg.eval_samples
-        return (self.val_sampler.batch(0, n), random_bits(self.cfg.seed + 7, 0, n, self.cfg.model.payload_bits))
-
-    def signature(self):
-        c, bits = self.canvas, self.cfg.model.payload_bits
-        return (tf.TensorSpec([c, c, 3], tf.float32), tf.TensorSpec([bits], tf.float32))
 
     # -- model pieces ------------------------------------------------------------------------
     def tiles(self, bits, seed, training: bool):
@@ -292,7 +238,7 @@ class PeriodicTask:
         residual = unit_rms(pattern * mask) * psnr_to_rms(target_psnr)
         return attack_lib.clip01(canvas + residual), residual, payload
 
-    def read(self, attacked, period, seed, strength):
+    def read(self, attacked, period, seed):
         """The reader's view: whitened, resampled to period T with lattice-estimate errors,
         folded over `fold_periods`² periods, aligned to within `phase_jitter` pixels."""
         a = self.cfg.attacks
@@ -306,7 +252,6 @@ class PeriodicTask:
         offset = tf.cast(period_index * self.tile, tf.float32) + jitter
         transform = fold_transform(tf.fill([batch], period), angle, scale_error,
                                    offset[:, 0], offset[:, 1], self.tile)
-        del strength
         return fold_periods(whitened, transform, self.tile, a.fold_periods)
 
     def fold_slack(self, period):
@@ -326,14 +271,6 @@ class PeriodicTask:
         return {"generator": self.generator, "tile_extractor": self.extractor,
                 "psnr_state": self.psnr_state, "accuracy_ema": self.accuracy_ema}
 
-    def sample_psnr(self, step, seed, batch):
-        target = self.psnr_target(step)
-        spread = self.cfg.loss.psnr_spread_db
-        if spread <= 0:
-            return target
-        draw = tf.random.stateless_uniform([batch, 1, 1, 1], seed=attack_lib.sub_seed(seed, 7))
-        return target - spread * draw
-
     # -- steps -------------------------------------------------------------------------------
     def losses(self, canvas, bits, step, seed):
         strength = self.attack_strength(step)
@@ -341,7 +278,7 @@ class PeriodicTask:
         marked, residual, payload = self.embed(canvas, bits, self.sample_psnr(step, seed, tf.shape(canvas)[0]),
                                                period, seed, training=True)
         attacked = attack_lib.apply_sliced(self.attacks, marked, strength, seed)
-        logits = ops.cast(self.extractor(self.read(attacked, period, seed, strength), training=True), "float32")
+        logits = ops.cast(self.extractor(self.read(attacked, period, seed), training=True), "float32")
         bit_loss = ops.mean(ops.binary_crossentropy(bits, logits, from_logits=True))
         low_share = ops.mean(spectral_low_share(payload, self.cfg.loss.low_frequency_cutoff))
         total = self.cfg.loss.bit_weight * bit_loss + self.cfg.loss.low_frequency_weight * low_share
@@ -372,7 +309,7 @@ class PeriodicTask:
         full = tf.constant(1.0)
         for name, attack in self.eval_attacks.items():
             attacked = attack(marked, full, seed)
-            logits = self.extractor(self.read(attacked, period, seed, full), training=False)
+            logits = self.extractor(self.read(attacked, period, seed), training=False)
             results[f"acc_{name}"] = ops.mean(ops.cast(ops.equal(ops.cast(logits > 0, "float32"), bits), "float32"))
         return results
 
