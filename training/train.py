@@ -48,8 +48,9 @@ def build_task(cfg: TrainConfig):
         return SeedTask(cfg, *load_fashion_mnist(cfg.data))
     from training.data import list_images, load_photos, split_paths
     from training.residual import ResidualTask
+    from training.fold_channel import FoldChannelTask
     from training.periodic import PeriodicTask
-    task_class = PeriodicTask if cfg.model.architecture == "periodic" else ResidualTask
+    task_class = {"periodic": PeriodicTask, "fold": FoldChannelTask}.get(cfg.model.architecture, ResidualTask)
     train_paths, val_paths = split_paths(list_images(cfg.data), cfg.validation_fraction)
     print(f"data: {len(train_paths)} training and {len(val_paths)} validation photos from {cfg.data}", flush=True)
     return task_class(cfg, load_photos(train_paths, cfg.max_photo_side), load_photos(val_paths, cfg.max_photo_side))
@@ -88,7 +89,7 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
 class Trainer:
     """The training loop around a task: steps, logging, checkpoints, evaluation, export."""
 
-    def __init__(self, cfg: TrainConfig, paths: RunPaths, resume: bool = True):
+    def __init__(self, cfg: TrainConfig, paths: RunPaths, resume: bool = True, init_from: str | None = None):
         self.cfg, self.paths = cfg, paths
         if cfg.mixed_precision and tf.config.list_physical_devices("GPU"):
             keras.mixed_precision.set_global_policy("mixed_float16")
@@ -108,11 +109,24 @@ class Trainer:
         if resume and self.manager.latest_checkpoint:
             self.checkpoint.restore(self.manager.latest_checkpoint).expect_partial()
             print(f"resumed from {self.manager.latest_checkpoint} at step {int(self.step)}", flush=True)
+        elif init_from:
+            self.init_networks(init_from)
         self.optimizer.learning_rate = learning_rate(cfg, int(self.step))  # the config sets it, not the checkpoint
         self.last_eval: dict = {}
         self.stop_requested = False
         tf.io.gfile.makedirs(paths.workdir)
         self.summary_writer = tf.summary.create_file_writer(os.path.join(paths.workdir, "tb"))
+
+    def init_networks(self, workdir: str) -> None:
+        """Start from the networks (not the step or optimiser) of another run's latest
+        checkpoint, e.g. a `fold` run before its `periodic` fine-tuning. Raises
+        FileNotFoundError when that run has no checkpoint."""
+        latest = tf.train.latest_checkpoint(os.path.join(workdir, "ckpt"))
+        if not latest:
+            raise FileNotFoundError(f"no checkpoint under {workdir}/ckpt to initialise from")
+        networks = {k: v for k, v in self.task.trackables().items() if isinstance(v, keras.Model)}
+        tf.train.Checkpoint(**networks).restore(latest).expect_partial()
+        print(f"networks initialised from {latest}", flush=True)
 
     # -- compiled steps --------------------------------------------------------------------
     @tf.function
@@ -261,6 +275,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workdir", help="checkpoints and logs (default: runs/PRESET)")
     parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                         help="continue from the workdir's latest checkpoint (default: on)")
+    parser.add_argument("--init-from", metavar="WORKDIR",
+                        help="start a new run from another run's networks (its latest checkpoint)")
     parser.add_argument("--seed", type=int, help="random seed (default: the preset's)")
     parser.add_argument("--export-every", type=int, help="also export every N steps")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
@@ -299,7 +315,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     tf.keras.utils.set_random_seed(cfg.seed)
-    trainer = Trainer(cfg, paths, resume=args.resume)
+    try:
+        trainer = Trainer(cfg, paths, resume=args.resume, init_from=args.init_from)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.export_only:
         if not trainer.manager.latest_checkpoint:
             print(f"error: no checkpoint in {paths.checkpoints}", file=sys.stderr)
