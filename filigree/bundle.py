@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from filigree.detection import informed_p_scale
+from filigree.periodic import PeriodicLayout, layout_of
 from filigree.tiling import Tiling
 
 BUNDLE_FORMAT = "filigree-bundle/1"
@@ -40,6 +41,8 @@ class ModelCard:
     raw: dict
     tiling: Tiling = Tiling()
     """The card's `tiling` entry, parsed (none: whole images, grid 1)."""
+    layout: PeriodicLayout | None = None
+    """The card's `layout` entry for a periodic bundle (filigree/periodic.py); None: tiled."""
 
     @classmethod
     def from_dict(cls, card: dict) -> "ModelCard":
@@ -71,7 +74,14 @@ class ModelCard:
             informed_p_scale(card)
         except ValueError as exc:
             raise BundleError(f"model.json has a bad calibration entry: {exc}") from None
-        return dataclasses.replace(parsed, tiling=tiling)
+        try:
+            layout = layout_of(card)
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise BundleError(f"model.json has a bad layout entry: {exc}") from None
+        if layout is not None and parsed.working_size != layout.tile_size:
+            raise BundleError(f"a periodic bundle's working_size ({parsed.working_size}) is its tile size "
+                              f"({layout.tile_size})")
+        return dataclasses.replace(parsed, tiling=tiling, layout=layout)
 
     @property
     def ecc(self) -> dict:
@@ -181,10 +191,13 @@ def _write_cache_record(target: str, remote_checksum: str | None, sha256: str) -
 
 @dataclass
 class LoadedBundle:
-    """A bundle's card and its two serving functions (numpy in, numpy out)."""
+    """A bundle's card and its two serving functions (numpy in, numpy out). Tiled bundles:
+    embed_fn(views [N, S, S, 3], bits [N, L]) -> residuals, extract_fn(views) -> logits [N, L].
+    Periodic bundles: embed_fn(bits [N, L]) -> payload tiles [N, n, n], extract_fn(aligned
+    tiles [N, n, n]) -> logits [N, L]."""
 
     card: ModelCard
-    embed_fn: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    embed_fn: Callable[..., np.ndarray]
     extract_fn: Callable[[np.ndarray], np.ndarray]
     _keep: Any = None  # the loaded SavedModel objects, kept alive with their functions
 
@@ -203,6 +216,14 @@ def load_bundle(model_dir: str) -> LoadedBundle:
     except (OSError, KeyError, ValueError) as exc:
         raise BundleError(f"cannot load SavedModels from {model_dir!r}: {exc}") from None
     check_signatures(card, embed_sig, extract_sig)
+    if card.layout is not None:
+        def tile_fn(bits: np.ndarray) -> np.ndarray:
+            return embed_sig(bits=tf.constant(bits, tf.float32))["tile"].numpy()
+
+        def tile_logits_fn(tiles: np.ndarray) -> np.ndarray:
+            return extract_sig(tile=tf.constant(tiles, tf.float32))["logits"].numpy()
+
+        return LoadedBundle(card, tile_fn, tile_logits_fn, _keep=(embedder, extractor))
 
     def embed_fn(images: np.ndarray, bits: np.ndarray) -> np.ndarray:
         out = embed_sig(image=tf.constant(images, tf.float32), bits=tf.constant(bits, tf.float32))
@@ -217,10 +238,16 @@ def load_bundle(model_dir: str) -> LoadedBundle:
 def check_signatures(card: ModelCard, embed_sig, extract_sig) -> None:
     """The signatures' input names and shapes must match docs/bundle.md and the card."""
     s, bits = card.working_size, card.payload_bits
-    expect = {
-        "embedder": (embed_sig, {"image": [None, s, s, 3], "bits": [None, bits]}, "residual"),
-        "extractor": (extract_sig, {"image": [None, s, s, 3]}, "logits"),
-    }
+    if card.layout is not None:
+        expect = {
+            "embedder": (embed_sig, {"bits": [None, bits]}, "tile"),
+            "extractor": (extract_sig, {"tile": [None, s, s]}, "logits"),
+        }
+    else:
+        expect = {
+            "embedder": (embed_sig, {"image": [None, s, s, 3], "bits": [None, bits]}, "residual"),
+            "extractor": (extract_sig, {"image": [None, s, s, 3]}, "logits"),
+        }
     for name, (sig, inputs, output) in expect.items():
         _, kwargs = sig.structured_input_signature
         got = {k: spec.shape.as_list() for k, spec in kwargs.items()}

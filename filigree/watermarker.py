@@ -25,6 +25,7 @@ from filigree.bundle import LoadedBundle, load_bundle
 from filigree.imaging.kernels import add_residual, resize_to, to_working_size, upsample_residual, working_view
 from filigree.imaging.pixels import pil_image, pixel_view, raise_block_size
 from filigree.payload import PayloadCodec, ReadResult
+from filigree.periodic import PeriodicMarker, SaltedCodec, codec_for_card
 from filigree.reframe import SearchConfig, centred_framings, framed_tile_views, framed_views, framings
 from filigree.tiling import decode_grid, decode_tiles, grid_logits, read_views, tile_views, tiled_residual
 
@@ -189,9 +190,11 @@ def _fpr(value) -> float:
 
 
 class Watermarker:
-    """A loaded model bundle plus a payload codec (error correction and key)."""
+    """A loaded model bundle plus a payload codec (error correction and key). A periodic
+    bundle (card `layout`) embeds and reads through `filigree.periodic.PeriodicMarker`: its
+    reads re-synchronise after crops, shifts, margins, rotations, mirrors and rescaling."""
 
-    def __init__(self, bundle: LoadedBundle, codec: PayloadCodec, strength: float | None = None,
+    def __init__(self, bundle: LoadedBundle, codec: PayloadCodec | SaltedCodec, strength: float | None = None,
                  fpr: float = 1e-6, max_grid: int | None = None):
         self.bundle = bundle
         self.codec = codec
@@ -205,6 +208,11 @@ class Watermarker:
             raise ValueError(f"max_grid must be >= 1, got {max_grid}")
         self.max_grid = max_grid
         """Mark on at most this many tiles a side (None: the card's); reads are unaffected."""
+        self.periodic = None
+        if bundle.card.layout is not None:
+            if not isinstance(codec, SaltedCodec):
+                raise TypeError("a periodic bundle needs a SaltedCodec (see codec_for_card)")
+            self.periodic = PeriodicMarker(bundle.embed_fn, bundle.extract_fn, codec, self.strength, self.fpr)
 
     @classmethod
     def load(cls, model_dir: str | None = None, key: bytes | str | None = None, *,
@@ -215,7 +223,7 @@ class Watermarker:
             from filigree.resources import bundled_model_dir
             model_dir = bundled_model_dir()
         bundle = load_bundle(model_dir)
-        return cls(bundle, PayloadCodec.from_card(bundle.card.raw, key=key), strength, fpr, max_grid)
+        return cls(bundle, codec_for_card(bundle.card, key), strength, fpr, max_grid)
 
     @property
     def working_size(self) -> int:
@@ -245,10 +253,16 @@ class Watermarker:
 
     def embed_pixels(self, pixels: np.ndarray, payload: str | int) -> np.ndarray:
         """Marked copy of native pixels (uint8 RGB [H, W, 3], uint8/uint16 grey [H, W])."""
+        if self.periodic is not None:
+            residual = self.periodic.residual(pixels, payload)[..., None]
+            return add_residual(pixels, residual, 257.0 if pixels.dtype == np.uint16 else 1.0)
         return mark_pixels(pixels, self.residual(pixels, self.codec.encode(payload)), self.strength)
 
     def embed_rgb(self, rgb: np.ndarray, payload: str | int) -> np.ndarray:
         """Marked float32 RGB of the same shape (float reference path)."""
+        if self.periodic is not None:
+            residual = self.periodic.residual(np.asarray(rgb, np.float32) * np.float32(255.0), payload)
+            return np.clip(rgb + residual[..., None] / np.float32(255.0), 0.0, 1.0).astype(np.float32)
         return apply_residual(rgb, self.residual(rgb, self.codec.encode(payload)), self.strength)
 
     def read_logits(self, pixels: np.ndarray) -> np.ndarray:
@@ -260,10 +274,17 @@ class Watermarker:
         return self.read_pixels(rgb, expected)
 
     def read_pixels(self, pixels: np.ndarray, expected: str | int | None = None) -> ReadResult:
-        """The straight read of native pixels or float RGB. A tiled bundle first reads the one
+        """The straight read of native pixels or float RGB. A periodic bundle re-synchronises
+        (`PeriodicMarker.read_pixels`). A tiled bundle first reads the one
         grid the image would be marked with at its present size (enough for an image that was
         not resized) and reads every grid only when that finds nothing; the p-value pays for
         every grid either way (Bonferroni), so stopping early keeps the false-positive rate."""
+        if self.periodic is not None:
+            if pixels.dtype == np.uint16:
+                pixels = pixels.astype(np.float32) * np.float32(255.0 / 65535.0)
+            elif pixels.dtype != np.uint8:
+                pixels = np.clip(pixels, 0.0, 1.0) * np.float32(255.0)
+            return self.periodic.read_pixels(pixels, expected)
         if self.tiling.max_grid > 1:
             grid = self.tiling.grid_for(*pixels.shape[:2])
             logits = self.logits(tile_views(pixels, grid, self.working_size))
@@ -289,6 +310,8 @@ class Watermarker:
         if not isinstance(image, Image.Image):
             raise TypeError(f"image must be a PIL.Image.Image, not {type(image).__name__}")
         config = search_config(reframe)
+        if self.periodic is not None:
+            return self.read_pixels(image_pixels(image)[0], expected)
         if self.tiling.max_grid == 1:
             straight = self.codec.decode(self.logits(self.view(image)[None])[0], expected=expected, fpr=self.fpr)
         else:

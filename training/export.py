@@ -87,8 +87,11 @@ def model_card(cfg, *, steps: int, wall_time_s: float, metrics: dict, data: str,
     """The `model.json` contents for a model trained with `cfg` (a TrainConfig)."""
     from filigree.payload import choose_ecc  # the payload layer owns the bits <-> payload mapping
 
-    ecc = choose_ecc(cfg.model.payload_bits)
-    return {
+    layout = periodic_layout(cfg)
+    carried = 0 if layout is None else layout["salt_bits"] * layout["salt_repeats"]
+    ecc = choose_ecc(cfg.model.payload_bits - carried)
+    extra = {} if layout is None else {"layout": layout}
+    return {**extra,
         "format": BUNDLE_FORMAT,
         "name": f"filigree-{cfg.name}",
         "version": BUNDLE_VERSION,
@@ -112,6 +115,15 @@ def model_card(cfg, *, steps: int, wall_time_s: float, metrics: dict, data: str,
         "metrics": metrics,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def periodic_layout(cfg) -> dict | None:
+    """The card's `layout` entry for the periodic architectures (filigree/periodic.py), None
+    for the others."""
+    if cfg.model.architecture not in ("periodic", "fold"):
+        return None
+    from filigree.periodic import PeriodicLayout
+    return PeriodicLayout(tile_size=cfg.model.working_size, template_weight=cfg.model.template_weight).to_dict()
 
 
 def hardware_summary() -> str:

@@ -65,7 +65,10 @@ def embedded_geometry(
 
 
 def synchronise(
-    pixels: np.ndarray | Image.Image, templates: np.ndarray, max_lattices: int = 3
+    pixels: np.ndarray | Image.Image,
+    templates: np.ndarray,
+    max_lattices: int = 3,
+    layout_period: float | None = None,
 ) -> list[SyncHypothesis]:
     """Blind re-synchronisation of the periodic layout: hypotheses, highest z first.
 
@@ -73,9 +76,11 @@ def synchronise(
     templates: float [T, n, n] sync templates of the key (`sync_templates`) or their
     `template_bank`. For each of the best `max_lattices` lattices of the autocorrelation
     (Kutter 1998) the whitened image is folded and registered against the templates
-    (Pereira & Pun 2000). A read that tries these hypotheses must count them all (lattices x
-    T x 8 dihedral transforms x n^2 phases) in its p-value. An image too small, too thin or
-    flat to hold a lattice gives []; a malformed array raises ValueError.
+    (Pereira & Pun 2000). `layout_period` (input pixels) adds one hypothesis first: the image
+    as marked, unedited (a square lattice of that period at pixel (0, 0)), which needs no
+    autocorrelation peak. A read that tries these hypotheses must count them all in its
+    p-value (each is one aligned tile). An image too small, too thin or flat to hold a lattice
+    gives []; a malformed array raises ValueError.
     """
     luma, scale = analysis_luma(pixels)
     if min(luma.shape) < MIN_ANALYSIS_SIDE:
@@ -84,30 +89,47 @@ def synchronise(
     ac = autocorrelation(w)
     if not np.any(ac):
         return []
-    lattices = lattice_candidates(ac, scale, max_lattices)
     bank = templates if np.iscomplexobj(templates) else template_bank(templates)
-    size = bank.shape[-2]
     w64 = w.astype(np.float64)
-    to_input = 1.0 / np.asarray(scale)
     hypotheses = []
-    for lattice in lattices:
-        folded = fold(w64, lattice.basis, size)
-        spacing = float(np.sqrt(abs(np.linalg.det(lattice.basis)))) / size
-        match = locate_template(folded, bank, spacing)
-        tile = align(folded, match.dihedral, match.shift)
-        tile -= tile.mean()
-        rms = float(np.sqrt(np.mean(tile**2)))
-        origin, tile_basis = embedded_geometry(lattice.basis, match.dihedral, match.shift, size)
-        hypotheses.append(SyncHypothesis(
-            lattice=lattice.basis * to_input,
-            template=match.template,
-            dihedral=match.dihedral,
-            shift=match.shift,
-            z=match.z,
-            tile=tile / rms if rms > 0 else tile,
-            origin=(origin + 0.5) * to_input - 0.5,
-            basis=tile_basis * to_input,
-            lattice_score=lattice.score,
-        ))
+    if layout_period is not None:
+        basis = np.diag([layout_period * scale[0], layout_period * scale[1]])
+        origin = (0.5 * scale[0] - 0.5, 0.5 * scale[1] - 0.5)
+        hypotheses.append(register(w64, basis, bank, scale, origin, lattice_score=0.0))
+    for lattice in lattice_candidates(ac, scale, max_lattices):
+        hypotheses.append(register(w64, lattice.basis, bank, scale, lattice_score=lattice.score))
     hypotheses.sort(key=lambda h: -h.z)
     return hypotheses
+
+
+def register(
+    w: np.ndarray,
+    basis: np.ndarray,
+    bank: np.ndarray,
+    scale: tuple[float, float],
+    origin: tuple[float, float] = (0.0, 0.0),
+    lattice_score: float = 0.0,
+) -> SyncHypothesis:
+    """One hypothesis: fold the whitened analysis image w [h, w] over `basis` (rows v1, v2,
+    analysis pixels) from `origin`, locate the best template of `bank` (`template_bank`) and
+    align the fold to it. `scale` = (sy, sx), analysis over input pixels."""
+    size = bank.shape[-2]
+    folded = fold(w, basis, size, origin)
+    spacing = float(np.sqrt(abs(np.linalg.det(basis)))) / size
+    match = locate_template(folded, bank, spacing)
+    tile = align(folded, match.dihedral, match.shift)
+    tile -= tile.mean()
+    rms = float(np.sqrt(np.mean(tile**2)))
+    tile_origin, tile_basis = embedded_geometry(basis, match.dihedral, match.shift, size)
+    to_input = 1.0 / np.asarray(scale)
+    return SyncHypothesis(
+        lattice=np.asarray(basis) * to_input,
+        template=match.template,
+        dihedral=match.dihedral,
+        shift=match.shift,
+        z=match.z,
+        tile=tile / rms if rms > 0 else tile,
+        origin=(tile_origin + np.asarray(origin) + 0.5) * to_input - 0.5,
+        basis=tile_basis * to_input,
+        lattice_score=lattice_score,
+    )
