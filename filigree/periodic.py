@@ -209,6 +209,14 @@ def codec_for_card(card, key: bytes | str | None = None) -> "PayloadCodec | Salt
                        informed_p_scale(card.raw))
 
 
+def eight_bit_scale(pixels: np.ndarray) -> np.ndarray:
+    """Native pixels as a reader analyses them: uint8 as they are, uint16 as float32 grey
+    levels on the 8-bit scale (0..255)."""
+    if pixels.dtype == np.uint16:
+        return pixels.astype(np.float32) * np.float32(255.0 / 65535.0)
+    return pixels
+
+
 def luma_of(pixels: np.ndarray) -> np.ndarray:
     """float32 [H, W] luma in 8-bit grey levels of native pixels (uint8 RGB/grey, uint16 grey)."""
     if pixels.ndim == 3:
@@ -219,7 +227,9 @@ def luma_of(pixels: np.ndarray) -> np.ndarray:
 
 class PeriodicMarker:
     """Embed and read with a periodic bundle: `tile_fn` (raw bits [N, L] -> payload tiles
-    [N, n, n], unit RMS) and `logits_fn` (aligned tiles [N, n, n] -> logits [N, L])."""
+    [N, n, n], unit RMS) and `logits_fn` (aligned tiles [N, n, n] -> logits [N, L]). The
+    pipeline, which batches model calls itself, uses the steps between them: `salted_bits`,
+    `residual_from_tile`, `read_views` and `decode_views`."""
 
     def __init__(self, tile_fn, logits_fn, codec: SaltedCodec, strength: float, fpr: float = 1e-6):
         self.tile_fn, self.logits_fn = tile_fn, logits_fn
@@ -230,40 +240,65 @@ class PeriodicMarker:
         self.templates = sync_templates(codec.key, self.layout.template_count, self.layout.tile_size)
         self.bank = template_bank(self.templates)
 
-    def tile(self, raw_bits: np.ndarray, template: int) -> np.ndarray:
-        """The embedded tile, float32 [n, n]: sqrt(1 - a^2) G(bits) + a S_template."""
-        a = self.layout.template_weight
-        payload = np.asarray(self.tile_fn(raw_bits[None].astype(np.float32))[0], np.float32)
-        return (math.sqrt(1.0 - a * a) * payload + a * self.templates[template]).astype(np.float32)
-
-    def residual(self, pixels: np.ndarray, payload: str | int) -> np.ndarray:
-        """The mark of native pixels [H, W(, 3)], float32 [H, W] in 8-bit grey levels."""
+    # -- embed -------------------------------------------------------------------------------
+    def salted_bits(self, pixels: np.ndarray, payload: str | int) -> tuple[np.ndarray, int]:
+        """(raw bits float32 [L], salt) of a payload for these native pixels."""
         value = self.codec.parse(payload)
         salt = self.codec.salt_for(value, np.ascontiguousarray(pixels).tobytes())
-        tile = self.tile(self.codec.encode(value, salt), self.codec.template_of(salt))
+        return self.codec.encode(value, salt), salt
+
+    def mixed_tile(self, payload_tile: np.ndarray, salt: int) -> np.ndarray:
+        """The embedded tile, float32 [n, n]: sqrt(1 - a^2) G + a S_t, t the salt's template."""
+        a = self.layout.template_weight
+        template = self.templates[self.codec.template_of(salt)]
+        return (math.sqrt(1.0 - a * a) * np.asarray(payload_tile, np.float32) + a * template).astype(np.float32)
+
+    def residual_from_tile(self, pixels: np.ndarray, payload_tile: np.ndarray, salt: int) -> np.ndarray:
+        """The mark of native pixels [H, W(, 3)] for the generator's tile [n, n] (unit RMS),
+        float32 [H, W] in 8-bit grey levels: strength x JND amplitude x the periodic layout."""
         height, width = pixels.shape[:2]
-        pattern = tile_pattern(tile, height, width, period_for(height, width))
+        pattern = tile_pattern(self.mixed_tile(payload_tile, salt), height, width, period_for(height, width))
         weights = mark_weights(luma_of(pixels), self.layout.jnd)
         weights *= np.float32(self.strength)
         pattern *= weights
         return pattern
 
-    def read_pixels(self, pixels: np.ndarray | Any, expected: str | int | None = None) -> ReadResult:
-        """Read native pixels or a PIL image: every sync hypothesis decoded, the one with the
-        smallest p-value kept, priced by `layout.hypotheses` (Bonferroni)."""
+    def residual(self, pixels: np.ndarray, payload: str | int) -> np.ndarray:
+        """The mark of native pixels [H, W(, 3)], float32 [H, W] in 8-bit grey levels."""
+        bits, salt = self.salted_bits(pixels, payload)
+        tile = np.asarray(self.tile_fn(bits[None])[0], np.float32)
+        return self.residual_from_tile(pixels, tile, salt)
+
+    # -- read --------------------------------------------------------------------------------
+    def read_views(self, pixels: np.ndarray | Any) -> tuple[np.ndarray, tuple[int, ...]]:
+        """(aligned tiles float32 [K, n, n], their template indices) of every sync hypothesis
+        of native pixels (8-bit scale) or a PIL image; K may be 0."""
         shape = getattr(pixels, "shape", None) or tuple(reversed(pixels.size))
         hypotheses = synchronise(pixels, self.bank, self.layout.max_lattices,
                                  layout_period=period_for(*shape[:2]))
-        if not hypotheses:
+        n = self.layout.tile_size
+        tiles = np.stack([h.tile for h in hypotheses]).astype(np.float32) if hypotheses \
+            else np.zeros((0, n, n), np.float32)
+        return tiles, tuple(h.template for h in hypotheses)
+
+    def decode_views(self, logits: np.ndarray, templates: tuple[int, ...],
+                     expected: str | int | None = None, fpr: float | None = None) -> ReadResult:
+        """The read of one image from its hypotheses' logits [K, L]: each decoded under its
+        template's salts, the smallest p-value kept and multiplied by `layout.hypotheses`."""
+        fpr = self.fpr if fpr is None else fpr
+        if len(templates) == 0:
             return self._nothing(expected)
-        logits = np.asarray(self.logits_fn(np.stack([h.tile for h in hypotheses]).astype(np.float32)))
-        reads = [self.codec.decode(row, h.template, expected, fpr=1.0) for row, h in zip(logits, hypotheses)]
+        reads = [self.codec.decode(row, t, expected, fpr=1.0) for row, t in zip(logits, templates)]
         best = min(range(len(reads)), key=lambda i: reads[i].p_value)
-        h = hypotheses[best]
-        found = {"template": h.template, "dihedral": h.dihedral, "z": round(h.z, 2),
-                 "lattice": np.round(h.lattice, 2).tolist()}
-        read = dataclasses.replace(reads[best], framing=found)
-        return read.judged(self.fpr, reads[best].p_value * self.layout.hypotheses)
+        return reads[best].judged(fpr, reads[best].p_value * self.layout.hypotheses)
+
+    def read_pixels(self, pixels: np.ndarray | Any, expected: str | int | None = None) -> ReadResult:
+        """Read native pixels (8-bit scale) or a PIL image: every sync hypothesis decoded, the
+        one with the smallest p-value kept, priced by `layout.hypotheses` (Bonferroni)."""
+        tiles, templates = self.read_views(pixels)
+        if not templates:
+            return self._nothing(expected)
+        return self.decode_views(np.asarray(self.logits_fn(tiles)), templates, expected)
 
     def _nothing(self, expected) -> ReadResult:
         if expected is None:

@@ -131,12 +131,25 @@ class BundleHandler(ModelHandler):
         return total
 
 
+def stack_logits(fn, stacks: list[np.ndarray], bits: int) -> list[np.ndarray]:
+    """The extractor's logits [len(stack), L] for each stack of views (some may be empty), in
+    calls of `INFERENCE_ROWS` rows."""
+    counts = [len(stack) for stack in stacks]
+    if sum(counts) == 0:
+        return [np.zeros((0, bits), np.float32) for _ in stacks]
+    logits = fixed_shape_calls(fn, (np.concatenate([s for s in stacks if len(s)]),), INFERENCE_ROWS)
+    ends = np.cumsum(counts)
+    return [logits[end - n:end] for n, end in zip(counts, ends)]
+
+
 class EmbedderHandler(BundleHandler):
     """Items with clean tiles and bits -> PredictionResult(item, {"residual": [g*S, g*S, C],
     "source_logits": [g*g, L]}): the residual to add, and the extractor's logits on the same
     tiles of the unmarked source (whether it carries a mark already, see `filigree.presence`)."""
 
     def run_inference(self, batch: Sequence[Item], model, inference_args=None) -> Iterable[PredictionResult]:
+        if model.card.layout is not None:
+            return self._periodic(batch, model)
         tiling = model.card.tiling
         counts = [len(item.views["clean"]) for item in batch]
         views = np.concatenate([item.views["clean"] for item in batch])
@@ -148,6 +161,15 @@ class EmbedderHandler(BundleHandler):
                                         "source_logits": source_logits[end - n:end]})
                 for item, n, end in zip(batch, counts, ends)]
 
+    @staticmethod
+    def _periodic(batch: Sequence[Item], model) -> list[PredictionResult]:
+        """Periodic bundles: PredictionResult(item, {"tile": the generator's payload tile
+        [n, n], "source_logits": logits [K, L] of the source's sync hypotheses})."""
+        tiles = fixed_shape_calls(model.embed_fn, (np.stack([item.bits for item in batch]),), INFERENCE_ROWS)
+        sources = stack_logits(model.extract_fn, [item.views["clean"] for item in batch], model.card.payload_bits)
+        return [PredictionResult(item, {"tile": tile, "source_logits": logits})
+                for item, tile, logits in zip(batch, tiles, sources)]
+
     def get_metrics_namespace(self) -> str:
         return "filigree_embedder"
 
@@ -157,13 +179,10 @@ class ExtractorHandler(BundleHandler):
 
     def run_inference(self, batch: Sequence[Item], model, inference_args=None) -> Iterable[PredictionResult]:
         stacks = [(item, name, item.views[name]) for item in batch for name in item.views]
-        logits = fixed_shape_calls(model.extract_fn, (np.concatenate([view for _, _, view in stacks]),),
-                                   INFERENCE_ROWS)
+        logits = stack_logits(model.extract_fn, [view for _, _, view in stacks], model.card.payload_bits)
         per_item: dict[int, dict[str, np.ndarray]] = {id(item): {} for item in batch}
-        at = 0
-        for item, name, view in stacks:
-            per_item[id(item)][name] = logits[at:at + len(view)]
-            at += len(view)
+        for (item, name, _), stack in zip(stacks, logits):
+            per_item[id(item)][name] = stack
         return [PredictionResult(item, per_item[id(item)]) for item in batch]
 
     def get_metrics_namespace(self) -> str:

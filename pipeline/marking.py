@@ -15,9 +15,11 @@ from filigree.attacks import parse_suite
 from filigree.bundle import ModelCard
 from filigree.capacity import visibility_failure
 from filigree.payload import PayloadCodec
-from filigree.presence import existing_mark
+from filigree.periodic import PeriodicMarker, SaltedCodec, eight_bit_scale
+from filigree.presence import ExistingMark, existing_mark
 from filigree.imaging import decode, encode, metrics
 from filigree.imaging.depth import mark_samples
+from filigree.imaging.kernels import add_residual
 from filigree.tiling import tile_views
 from filigree.watermarker import mark_pixels
 from pipeline import storage
@@ -42,6 +44,8 @@ class MarkAndWrite(beam.DoFn):
     def setup(self):
         self.suite = parse_suite(self.cfg.attacks) if self.cfg.verify == "attacks" else ()
         self.progress = Progress("marked")
+        self.periodic = PeriodicMarker(None, None, self.codec, self.strength, self.cfg.fpr) \
+            if isinstance(self.codec, SaltedCodec) else None
 
     def process(self, element):
         path, result = element
@@ -56,7 +60,7 @@ class MarkAndWrite(beam.DoFn):
             # and an `ok` record, or an error record and no file. With verification, the write
             # waits for the read-back (`pipeline.verify.ReadBack`).
             grid = self.tiling.grid_for(decoded.height, decoded.width, cfg.max_grid)
-            existing = existing_mark(self.codec, result.inference["source_logits"], grid, self.tiling, cfg.fpr)
+            existing = self._existing(item, result.inference["source_logits"], grid)
             if existing is not None:
                 record["existing_payload"] = existing.payload
                 if not cfg.overwrite_marks:
@@ -66,7 +70,7 @@ class MarkAndWrite(beam.DoFn):
                     return
                 record["notes"] = [*record.get("notes", []), f"overwritten: {existing.describe()}"]
             try:
-                data, psnr, views, sources = self._mark(decoded, result.inference["residual"], path, grid)
+                data, psnr, views, sources, contexts = self._mark(decoded, result.inference, item.salt, path, grid)
             except Exception as exc:  # noqa: BLE001 - this image's failure, reported in its record
                 raise StepFailure("encode_failed", f"cannot mark or encode: {type(exc).__name__}: {exc}"[:500]) from None
             record.update(psnr=psnr if math.isfinite(psnr) else None, output_bytes=len(data),
@@ -86,19 +90,38 @@ class MarkAndWrite(beam.DoFn):
         if cfg.verify == "none":
             yield beam.pvalue.TaggedOutput("records", {**record, "output": target})
             return
-        yield path, Item(item.job, record, None, None, views, sources, grid=grid, encoded=data, target=target)
+        yield path, Item(item.job, record, None, None, views, sources, grid=grid, encoded=data, target=target,
+                         contexts=contexts)
 
-    def _mark(self, decoded: decode.DecodedImage, residual: np.ndarray, path: str, grid: int):
-        """(encoded bytes, PSNR, read-back views, their search copies). Works on the native pixels: the marked
+    def _existing(self, item: Item, source_logits: np.ndarray, grid: int) -> ExistingMark | None:
+        """The mark the source carries already (`filigree.presence`); a periodic bundle reads it
+        with this key from the source's sync hypotheses."""
+        if self.periodic is None:
+            return existing_mark(self.codec, source_logits, grid, self.tiling, self.cfg.fpr)
+        read = self.periodic.decode_views(source_logits, item.contexts["clean"], None, self.cfg.fpr)
+        return ExistingMark(read.decoded, None) if read.detected else None
+
+    def _marked_pixels(self, decoded: decode.DecodedImage, inference: dict, salt: int | None) -> np.ndarray:
+        """The marked copy of the native pixels."""
+        depth = decoded.depth
+        if self.periodic is not None:
+            residual = self.periodic.residual_from_tile(eight_bit_scale(decoded.model_pixels), inference["tile"], salt)
+            if depth is not None:
+                return mark_samples(decoded.pixels, residual[..., None] / np.float32(255.0), 1.0, depth)
+            return add_residual(decoded.pixels, residual[..., None], 257.0 if decoded.pixels.dtype == np.uint16 else 1.0)
+        if depth is None:
+            return mark_pixels(decoded.pixels, inference["residual"], self.strength)
+        # 16-bit grey: sized to, and kept within, the data's true depth
+        return mark_samples(decoded.pixels, inference["residual"], self.strength, depth)
+
+    def _mark(self, decoded: decode.DecodedImage, inference: dict, salt: int | None, path: str, grid: int):
+        """(encoded bytes, PSNR, read-back views, their search copies, periodic contexts). Works on the native pixels: the marked
         copy is the only other full-size array, and it is dropped once encoded; the written
         bytes are decoded again (the file is what gets verified) and compared row tile by row
         tile with the source."""
         cfg = self.cfg
         depth = decoded.depth
-        if depth is None:
-            marked = mark_pixels(decoded.pixels, residual, self.strength)
-        else:  # 16-bit grey: sized to, and kept within, the data's true depth
-            marked = mark_samples(decoded.pixels, residual, self.strength, depth)
+        marked = self._marked_pixels(decoded, inference, salt)
         quality = encode.output_quality(decoded, cfg.jpeg_quality)
         data = encode.encode_image(decoded, marked, jpeg_quality=quality or encode.UNKNOWN_SOURCE_QUALITY)
         del marked
@@ -112,6 +135,13 @@ class MarkAndWrite(beam.DoFn):
             written_view = depth.full_range(written.pixels)
         psnr = round(float(psnr), 3)
         views: dict[str, np.ndarray] = {}
+        contexts: dict[str, tuple] = {}
+        if self.periodic is not None:
+            if cfg.verify != "none":
+                views["clean"], contexts["clean"] = self.periodic.read_views(eight_bit_scale(written_view))
+                views.update(attacked_views(written_view, self.suite, self.working_size, seed_for(path, cfg.seed),
+                                            periodic=self.periodic, contexts=contexts))
+            return data, psnr, views, {}, contexts
         sources: dict[str, np.ndarray] | None = {} if cfg.reframe else None
         if cfg.verify != "none":
             views["clean"] = tile_views(written_view, grid, self.working_size)
@@ -119,4 +149,4 @@ class MarkAndWrite(beam.DoFn):
                 sources["clean"] = search_copy(written_view, self.working_size, self.tiling)
             views.update(attacked_views(written_view, self.suite, self.working_size,
                                         seed_for(path, cfg.seed), sources, self.tiling, grid))
-        return data, psnr, views, sources or {}
+        return data, psnr, views, sources or {}, contexts

@@ -58,6 +58,11 @@ class Item:
     once it reads back its payload."""
     target: str | None = None
     """Where `encoded` goes (OUTPUT/marked/...)."""
+    contexts: dict[str, tuple] = field(default_factory=dict)
+    """Periodic bundles: per view name, the sync template index of each aligned tile in the
+    view's stack (what `PeriodicMarker.decode_views` needs); empty for tiled bundles."""
+    salt: int | None = None
+    """Periodic bundles, embedding: the image's salt (`SaltedCodec.salt_for`)."""
 
 
 RowRef = tuple[int, int, str]

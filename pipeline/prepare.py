@@ -10,6 +10,7 @@ from apache_beam.metrics import Metrics
 
 from filigree.imaging import decode
 from filigree.payload import PayloadCodec, PayloadError, format_payload
+from filigree.periodic import PeriodicMarker, SaltedCodec, eight_bit_scale
 from filigree.tiling import Tiling, read_views, tile_views
 from pipeline import storage
 from pipeline.decoding import DecodeWorker
@@ -29,6 +30,7 @@ class Prepare(beam.DoFn):
 
     def setup(self):
         self.decoder = DecodeWorker(self.cfg.max_pixels)
+        self.periodic = PeriodicMarker(None, None, self.codec, 1.0) if isinstance(self.codec, SaltedCodec) else None
 
     def teardown(self):
         self.decoder.close()
@@ -57,6 +59,9 @@ class Prepare(beam.DoFn):
         self.read_counter.inc()
         record.update(width=decoded.width, height=decoded.height, format=decoded.format,
                       notes=list(decoded.notes))
+        if self.periodic is not None:
+            yield job.path, self._periodic_item(job, record, decoded)
+            return
         if cfg.mode == "embed":
             grid = self.tiling.grid_for(decoded.height, decoded.width, cfg.max_grid)
             view = tile_views(decoded.model_pixels, grid, self.working_size)
@@ -65,12 +70,24 @@ class Prepare(beam.DoFn):
         sources = {"clean": search_copy(decoded.model_pixels, self.working_size, self.tiling)} if cfg.reframe else {}
         yield job.path, Item(job, record, decoded, bits, {"clean": view}, sources)
 
+    def _periodic_item(self, job: Job, record: dict, decoded: decode.DecodedImage) -> Item:
+        """A periodic bundle's item: the aligned tiles of the source's sync hypotheses (read, or
+        checked for an existing mark before embedding) and, to embed, the salted raw bits."""
+        tiles, templates = self.periodic.read_views(eight_bit_scale(decoded.model_pixels))
+        bits = salt = None
+        if self.cfg.mode == "embed" and job.payload is not None:
+            bits, salt = self.periodic.salted_bits(decoded.pixels, job.payload)
+        return Item(job, record, decoded, bits, {"clean": tiles}, contexts={"clean": templates}, salt=salt)
+
     def _payload_bits(self, job: Job) -> tuple[np.ndarray | None, str | None]:
+        """(raw bits, canonical payload); the bits of a periodic bundle wait for the pixels
+        (their salt depends on them)."""
         if job.payload is None:
             return None, None
         try:
             value = self.codec.parse(job.payload)
-            return self.codec.encode(value), format_payload(value, self.codec.data_bits)
+            bits = None if isinstance(self.codec, SaltedCodec) else self.codec.encode(value)
+            return bits, format_payload(value, self.codec.data_bits)
         except PayloadError as exc:
             raise StepFailure("bad_payload", str(exc)) from None
 

@@ -46,6 +46,7 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 
 from filigree.bundle import BundleError, ModelCard, read_card  # noqa: E402
 from filigree.payload import PayloadCodec, PayloadError  # noqa: E402
+from filigree.periodic import SaltedCodec, codec_for_card  # noqa: E402
 from pipeline.graph import Watermark  # noqa: E402
 from pipeline.manifest import (InputSpec, check_manifests, combine_inputs, describe_input, has_scheme,  # noqa: E402
                                split_inputs)
@@ -82,7 +83,7 @@ def report_prefix(output: str) -> str:
 
 
 def build_pipeline(pipeline: beam.Pipeline, cfg: RunConfig, spec: InputSpec, card: ModelCard,
-                   codec: PayloadCodec, model_dir: str) -> None:
+                   codec: PayloadCodec | SaltedCodec, model_dir: str) -> None:
     """Attach the whole job to `pipeline`."""
     records = pipeline | "Watermark" >> Watermark(cfg, spec, card, codec, model_dir)
     (records
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             from filigree.resources import bundled_model_dir
             model_dir = bundled_model_dir()
         card = read_card(model_dir)
-        codec = PayloadCodec.from_card(card.raw, key=key)
+        codec = codec_for_card(card, key)
         if cfg.payload is not None:
             codec.parse(cfg.payload)
         if cfg.assignments:

@@ -16,6 +16,7 @@ from PIL import Image
 from filigree.capacity import readback_failure
 from filigree.imaging.pixels import pil_image, to_uint8
 from filigree.payload import PayloadCodec, ReadResult
+from filigree.periodic import PeriodicMarker, SaltedCodec
 from filigree.reframe import SearchConfig, search_source
 from filigree.tiling import Tiling, decode_grid, decode_tiles, read_views, tile_views
 from filigree.watermarker import Watermarker
@@ -37,10 +38,13 @@ def search_copy(pixels: np.ndarray, working_size: int, tiling: Tiling = Tiling()
 
 def attacked_views(pixels: np.ndarray, suite, working_size: int, seed: int,
                    sources: dict[str, np.ndarray] | None = None,
-                   tiling: Tiling = Tiling(), grid: int | None = None) -> dict[str, np.ndarray]:
+                   tiling: Tiling = Tiling(), grid: int | None = None,
+                   periodic: PeriodicMarker | None = None,
+                   contexts: dict[str, tuple] | None = None) -> dict[str, np.ndarray]:
     """Per attack of the suite, the views of the image (native pixels, or float RGB) after it:
     the tiles of `grid`, or every read view (`tiling.read_views`) when None; with `sources`,
-    also each attacked image's search copy, added there."""
+    also each attacked image's search copy, added there. With `periodic`, the aligned tiles of
+    each attacked image's sync hypotheses, their template indices added to `contexts`."""
     if not suite:
         return {}
     if np.issubdtype(pixels.dtype, np.floating):
@@ -53,6 +57,9 @@ def attacked_views(pixels: np.ndarray, suite, working_size: int, seed: int,
     for attack in suite:
         attacked_image = attack(image, seed).convert("RGB")
         attacked = np.asarray(attacked_image)
+        if periodic is not None:
+            views[attack.name], contexts[attack.name] = periodic.read_views(attacked)
+            continue
         views[attack.name] = (read_views(attacked, tiling, working_size) if grid is None
                               else tile_views(attacked, grid, working_size))
         if sources is not None:
@@ -73,12 +80,15 @@ class ReadBack(beam.DoFn):
 
     def setup(self):
         self.progress = Progress("read back")
+        self.periodic = PeriodicMarker(None, None, self.codec, 1.0, self.fpr) if isinstance(self.codec, SaltedCodec) else None
         self.watermarker = None
         if self.reframe:
             bundle = self._shared_bundle.acquire(lambda: SharedBundle(load_worker_bundle(self.reframe_model, self.verbose)))
             self.watermarker = Watermarker(bundle.bundle, self.codec, fpr=self.fpr)
 
     def _read(self, item: Item, name: str, logits: np.ndarray, expected: str | None) -> ReadResult:
+        if self.periodic is not None:
+            return self.periodic.decode_views(logits, item.contexts[name], expected, self.fpr)
         if item.grid is None:
             read = decode_tiles(self.codec, logits, self.tiling, expected, self.fpr)
         else:
