@@ -30,6 +30,11 @@ from pipeline.progress import NAMESPACE, Progress
 from pipeline.records import StepFailure
 from pipeline.verify import attacked_views, search_copy, seed_for
 
+def size_ratio(output_bytes: int, source_bytes: int | None) -> float | None:
+    """The marked file's size over its source's, to 3 decimals; None without a source size."""
+    return round(output_bytes / source_bytes, 3) if source_bytes else None
+
+
 class MarkAndWrite(beam.DoFn):
     """(path, PredictionResult(item, residual)) -> marked file written; the item goes on with
     verification views (or straight to a record when --verify none)."""
@@ -74,7 +79,8 @@ class MarkAndWrite(beam.DoFn):
             except Exception as exc:  # noqa: BLE001 - this image's failure, reported in its record
                 raise StepFailure("encode_failed", f"cannot mark or encode: {type(exc).__name__}: {exc}"[:500]) from None
             record.update(psnr=psnr if math.isfinite(psnr) else None, output_bytes=len(data),
-                          output_quality=encode.output_quality(decoded, cfg.jpeg_quality))
+                          output_quality=encode.output_quality(decoded, cfg.jpeg_quality),
+                          size_ratio=size_ratio(len(data), record.get("source_bytes")))
             failure = visibility_failure(psnr, cfg.min_psnr)
             if failure is not None:
                 raise StepFailure(failure.code, failure.message)

@@ -50,7 +50,9 @@ class Prepare(beam.DoFn):
                     return
             bits, payload = self._payload_bits(job)
             record["payload"] = payload
-            decoded = self._decode(self._read(job.path))
+            data = self._read(job.path)
+            source_bytes, decoded = len(data), self._decode(data)
+            del data  # not held while the item travels on
         except StepFailure as failure:
             self.failed_counter.inc()
             yield beam.pvalue.TaggedOutput("records", {**record, "status": "error",
@@ -58,7 +60,7 @@ class Prepare(beam.DoFn):
             return
         self.read_counter.inc()
         record.update(width=decoded.width, height=decoded.height, format=decoded.format,
-                      notes=list(decoded.notes))
+                      notes=list(decoded.notes), source_bytes=source_bytes, source_quality=decoded.quality)
         if self.periodic is not None:
             yield job.path, self._periodic_item(job, record, decoded)
             return

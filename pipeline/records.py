@@ -15,7 +15,8 @@ def new_record(image: str, mode: str, **fields: Any) -> dict:
         "payload": None, "decoded": None, "detected": None, "p_value": None, "ber": None,
         "corrected": None, "match": None, "psnr": None, "attacks": {}, "width": None,
         "height": None, "format": None, "line": None, "notes": [], "mode": mode,
-        "output_quality": None, "output_bytes": None, "existing_payload": None,
+        "source_quality": None, "source_bytes": None, "output_quality": None, "output_bytes": None,
+        "size_ratio": None, "existing_payload": None,
     }
     record.update(fields)
     return record

@@ -75,6 +75,8 @@ def write_field_folder(root) -> dict:
     web = _photo(640, 480, "opencv_aloeL.jpg")
     web.save(root / "web_q60.jpg", quality=60)
     web.save(root / "web_q85_progressive.jpg", quality=85, progressive=True)
+    photo.save(root / "web_q50.webp", quality=50)
+    web.save(root / "web_q80.webp", quality=80)
     # a folder as phones and cameras leave it
     photo.save(root / "IMG_0001.JPG", quality=90)
     photo.save(root / "IMG_0002.JPEG", quality=90)
@@ -217,6 +219,26 @@ def test_jpeg_keeps_the_source_quality_above_the_floor(field_run):
     assert field_run["by_name"]["photo.png"]["output_quality"] is None  # lossless: no quality
 
 
+def test_lossy_webp_keeps_the_source_quality_above_the_floor(field_run):
+    """The source's libwebp quality is read from its VP8 header (exact for the smooth photo, an
+    upper bound within the largest error measured, +12, for the textured one) and kept, raised to
+    the WebP floor."""
+    low, high = field_run["by_name"]["web_q50.webp"], field_run["by_name"]["web_q80.webp"]
+    assert low["status"] == high["status"] == "ok", (low, high)
+    assert low["source_quality"] == 50
+    assert low["output_quality"] == encode.MIN_WEBP_MARK_QUALITY == 60  # q50 raised to the floor
+    assert 80 <= high["source_quality"] <= 92
+    assert high["output_quality"] == high["source_quality"]
+    for record, name in ((low, "web_q50.webp"), (high, "web_q80.webp")):
+        source_size = (field_run["root"] / name).stat().st_size
+        written = open(record["output"], "rb").read()
+        assert (record["source_bytes"], record["output_bytes"]) == (source_size, len(written))
+        assert record["size_ratio"] == round(len(written) / source_size, 3)
+        assert 0.8 < record["size_ratio"] < 1.5, (name, record["size_ratio"])  # 2.3x, 1.3x at q95
+    assert decode.decode_image(open(low["output"], "rb").read()).quality == 60
+    assert field_run["by_name"]["photo.png"]["size_ratio"] > 0  # every written file has one
+
+
 def test_jpeg_quality_option_overrides(tmp_path):
     _photo(512, 384).save(tmp_path / "a.jpg", quality=60)
     out = tmp_path / "out"
@@ -239,7 +261,12 @@ def test_output_quality_rules():
     assert encode.output_quality(decoded("JPEG", 40), requested=50) == 50
     assert encode.output_quality(decoded("PNG", None)) is None
     assert encode.output_quality(decoded("WEBP", None, lossless=True)) is None
-    assert encode.output_quality(decoded("WEBP", 80)) == encode.UNKNOWN_SOURCE_QUALITY
+    assert encode.output_quality(decoded("HEIF", 80)) == encode.UNKNOWN_SOURCE_QUALITY  # not estimated
+    webp = {q: decode.decode_image(_bytes(_photo(256, 192), "WEBP", quality=q)) for q in (40, 80)}
+    assert (webp[40].quality, webp[80].quality) == (41, 80)  # q40 and q41 quantise alike: the upper
+    assert encode.output_quality(webp[40]) == encode.MIN_WEBP_MARK_QUALITY
+    assert encode.output_quality(webp[80]) == 80
+    assert encode.output_quality(webp[40], requested=30) == 30
 
 
 def _bytes(image: Image.Image, fmt: str, **options) -> bytes:

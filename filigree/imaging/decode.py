@@ -41,6 +41,7 @@ from PIL import Image, ImageCms, ImageOps, JpegImagePlugin, UnidentifiedImageErr
 
 from filigree.imaging.depth import SampleDepth, sample_depth
 from filigree.imaging.pixels import pixel_view, raise_block_size, rgbx_base, to_float_rgb
+from filigree.imaging.vp8 import estimate_webp_quality
 
 pillow_heif.register_heif_opener()  # HEIF/HEIC through libheif (Pillow has AVIF itself)
 
@@ -109,8 +110,9 @@ class DecodedImage:
     Pillow's memory), uint8 ``[H, W]`` for 8-bit grey, uint16 ``[H, W]`` for 16-bit grey.
     ``alpha`` is the source's 8-bit alpha, exactly as stored (Pillow has no 16-bit alpha;
     16-bit gray+alpha PNGs arrive as 8-bit RGBA). ``exif`` starts with ``b"Exif\\0\\0"`` and
-    has its orientation reset to 1. ``notes`` lists lossy or non-obvious conversions made while
-    decoding.
+    has its orientation reset to 1. ``quality`` is the source's estimated quality: JPEG on the
+    IJG scale, lossy WebP on libwebp's (`filigree.imaging.vp8`), None for other formats.
+    ``notes`` lists lossy or non-obvious conversions made while decoding.
     """
 
     pixels: np.ndarray
@@ -332,7 +334,7 @@ def _build_record(
         exif=exif,
         xmp=_xmp_bytes(im.info.get("xmp")),
         dpi=_dpi(im.info.get("dpi")),
-        quality=_estimate_jpeg_quality(im) if fmt == "JPEG" else None,
+        quality=_estimate_quality(im, fmt, data),
         subsampling=_jpeg_subsampling(im) if fmt == "JPEG" else None,
         progressive=bool(im.info.get("progressive") or im.info.get("progression")),
         lossless=_webp_is_lossless(data) if fmt == "WEBP" else None,
@@ -517,6 +519,16 @@ def _png_text(im: Image.Image) -> tuple[tuple[str, str], ...]:
 
 def _jpeg_subsampling(im: Image.Image) -> str | None:
     return _SUBSAMPLING_NAMES.get(JpegImagePlugin.get_sampling(im))
+
+
+def _estimate_quality(im: Image.Image, fmt: str, data: bytes) -> int | None:
+    """The source's estimated quality: JPEG from its quantisation tables, lossy WebP from its VP8
+    quantiser (`filigree.imaging.vp8`); None for other formats and lossless WebP."""
+    if fmt == "JPEG":
+        return _estimate_jpeg_quality(im)
+    if fmt == "WEBP":
+        return estimate_webp_quality(data)
+    return None
 
 
 def _estimate_jpeg_quality(im: Image.Image) -> int | None:

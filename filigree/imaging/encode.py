@@ -17,11 +17,14 @@ from filigree.imaging.decode import EXIF_PREFIX, LOSSY_FORMATS, DecodedImage
 from filigree.imaging.pixels import pil_image, quantize
 
 MIN_MARK_QUALITY = 70
-"""The lowest JPEG/WebP quality a marked image is written at by default: below it the mark
-stops reading back reliably (measured with `benchmarks/jpeg_floor.py`, see docs/formats.md)."""
+"""The lowest JPEG quality a marked image is written at by default: below it the mark stops
+reading back reliably (measured with `benchmarks/jpeg_floor.py`, see docs/formats.md)."""
+MIN_WEBP_MARK_QUALITY = 60
+"""The same floor for lossy WebP (libwebp's quality scale), measured the same way
+(`benchmarks/jpeg_floor.py --format WEBP`, see docs/formats.md)."""
 UNKNOWN_SOURCE_QUALITY = 95
-"""Output quality when the source's cannot be estimated (lossy WebP without a readable header,
-JPEG-compressed TIFF)."""
+"""Output quality when the source's cannot be estimated (HEIF, AVIF, JPEG-compressed TIFF,
+lossy WebP without a readable VP8 header)."""
 
 _XMP_TAG = 700
 _LOSSLESS_TIFF = frozenset({"raw", "tiff_lzw", "tiff_adobe_deflate", "packbits"})
@@ -29,7 +32,8 @@ _LOSSLESS_TIFF = frozenset({"raw", "tiff_lzw", "tiff_adobe_deflate", "packbits"}
 
 def output_quality(decoded: DecodedImage, requested: int | None = None) -> int | None:
     """The quality a marked image is written at: `requested` when given; else the source's
-    estimated quality (`DecodedImage.quality`), raised to `MIN_MARK_QUALITY` when lower, or
+    estimated quality (`DecodedImage.quality`: JPEG and lossy WebP), raised to the format's floor
+    (`MIN_WEBP_MARK_QUALITY` for WebP, else `MIN_MARK_QUALITY`) when lower, or
     `UNKNOWN_SOURCE_QUALITY` when unknown. None for outputs without a quality setting (PNG,
     BMP, lossless WebP, TIFF without JPEG compression)."""
     fmt = decoded.output_format
@@ -41,7 +45,8 @@ def output_quality(decoded: DecodedImage, requested: int | None = None) -> int |
         return int(requested)
     if decoded.quality is None:
         return UNKNOWN_SOURCE_QUALITY
-    return max(int(decoded.quality), MIN_MARK_QUALITY)
+    floor = MIN_WEBP_MARK_QUALITY if fmt == "WEBP" else MIN_MARK_QUALITY
+    return max(int(decoded.quality), floor)
 
 
 def encode_image(
