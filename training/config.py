@@ -44,6 +44,10 @@ class ModelConfig:
     tile_grid x tile_grid tiles of an image, one working view each (see filigree/tiling.py)."""
     min_tile: int = 96
     """Smallest tile side, in image pixels, the pipeline marks with (small images get fewer tiles)."""
+    spread_band: tuple[float, float] | None = None
+    """`periodic`/`fold`: start the generator and extractor as the spread-spectrum code of
+    orthonormal patterns in this radial band (cycles per tile), the extractor with a
+    matched-filter path (training/periodic.py); None: random initialisation."""
     template_weight: float = 0.35
     """`periodic`: share (as an amplitude, RMS units) of the key-derived sync template in the tile;
     the generator's payload pattern gets sqrt(1 - weight^2)."""
@@ -217,11 +221,12 @@ PRESETS: dict[str, TrainConfig] = {
         description="The periodic layout's networks (128 raw bits, 64 x 64 tile) trained through "
                     "the simulated fold channel (training/fold_channel.py): misalignment, "
                     "whitening response, blur, real folded-photo noise at an amplitude SNR falling "
-                    "from 1.0 to 0.12; minutes per thousand steps on a CPU. Fine-tune with "
-                    "`periodic` (--init-from).",
+                    "from 1.0 to 0.12; both networks start as the spread-spectrum code of 128 "
+                    "orthonormal patterns in 6..20 cycles per tile (a matched-filter path in the "
+                    "extractor). Fine-tune with `periodic` (--init-from).",
         model=ModelConfig(architecture="fold", working_size=64, payload_bits=128,
                           embedder_channels=(32, 32, 16, 8), extractor_channels=(16, 48, 96, 128),
-                          texture_mask=0.01),
+                          texture_mask=0.01, spread_band=(6.0, 20.0)),
         attacks=AttackConfig(start_step=200, ramp_steps=2000, canvas_size=192, min_period=40.0,
                              max_period=60.0, phase_jitter=0.5),
         loss=LossConfig(low_frequency_weight=0.1),

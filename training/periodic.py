@@ -71,6 +71,41 @@ def _circular_conv(x, filters: int, strides: int, name: str, activation="relu", 
     return x
 
 
+def spread_spectrum_basis(bits_n: int, tile: int, band: tuple[float, float], seed: int = 0) -> np.ndarray:
+    """float32 [L, T, T]: L orthonormal circular patterns whose spectra lie in the radial band
+    (cycles per tile): the classic spread-spectrum code (Cox, Kilian, Leighton & Shamoon, "Secure
+    spread spectrum watermarking for multimedia", IEEE TIP 6(12), 1997), one pattern per bit."""
+    rng = np.random.default_rng(seed)
+    fy = np.fft.fftfreq(tile)[:, None] * tile
+    fx = np.fft.rfftfreq(tile)[None, :] * tile
+    radius = np.hypot(fy, fx)
+    inside = (radius >= band[0]) & (radius <= band[1])
+    shape = (bits_n,) + inside.shape
+    spectra = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)) * inside
+    patterns = np.fft.irfft2(spectra, s=(tile, tile)).reshape(bits_n, -1)
+    q, _ = np.linalg.qr(patterns.T)
+    return q.T.reshape(bits_n, tile, tile).astype(np.float32)
+
+
+def init_spread_spectrum(generator: keras.Model, extractor: keras.Model, basis: np.ndarray) -> None:
+    """Start both networks as the spread-spectrum code of `basis` [L, T, T]: the generator's
+    linear path lays out sum_l (2 b_l - 1) B_l and its convolutional path starts at zero; the
+    extractor's matched-filter path correlates with each B_l and its convolutional head starts
+    at zero. Training then only has to improve on the classic code."""
+    bits_n, tile, _ = basis.shape
+    half = tile // 2
+    # depth_to_space(2): plane (i, j, 2 dy + dx) -> tile pixel (2 i + dy, 2 j + dx)
+    planes = basis.reshape(bits_n, half, 2, half, 2).transpose(0, 1, 3, 2, 4).reshape(bits_n, -1)
+    dense = generator.get_layer("linear_dense")
+    dense.set_weights([planes * np.sqrt(tile * tile / bits_n), np.zeros(planes.shape[1], np.float32)])
+    out = generator.get_layer("gen_out")
+    out.set_weights([np.zeros_like(w) for w in out.get_weights()])
+    matched = extractor.get_layer("matched_filter")
+    matched.set_weights([basis.reshape(bits_n, -1).T, np.zeros(bits_n, np.float32)])
+    head = extractor.get_layer("logits")
+    head.set_weights([np.zeros_like(w) for w in head.get_weights()])
+
+
 def build_generator(tile: int, bits_n: int, widths: tuple[int, ...]) -> keras.Model:
     """bits [L] in {0, 1} -> tile [T, T, 1]: a linear path (Dense to T/2 x T/2 x 4, depth-to-space)
     plus a circular conv path from an 8 x 8 message plane upsampled to T."""
@@ -95,16 +130,20 @@ def build_generator(tile: int, bits_n: int, widths: tuple[int, ...]) -> keras.Mo
     return keras.Model(bits, out, name="generator")
 
 
-def build_tile_extractor(tile: int, bits_n: int, widths: tuple[int, ...]) -> keras.Model:
+def build_tile_extractor(tile: int, bits_n: int, widths: tuple[int, ...], matched_filter: bool = False) -> keras.Model:
     """aligned folded tile [T, T, 1] -> logits [L]: per-tile normalisation, circular
-    conv-BN-ReLU stages (the first at full resolution, then stride 2), a dense head."""
+    conv-BN-ReLU stages (the first at full resolution, then stride 2), a dense head; with
+    `matched_filter`, plus a linear path (one dense layer on the normalised tile)."""
     image = keras.Input((tile, tile, 1), name="tile")
-    x = TileNormalise(name="normalise")(image)
-    x = _circular_conv(x, widths[0], 1, name="conv_in", bn=True)
+    normalised = TileNormalise(name="normalise")(image)
+    x = _circular_conv(normalised, widths[0], 1, name="conv_in", bn=True)
     for i, width in enumerate(widths[1:]):
         x = _circular_conv(x, width, 2, name=f"conv{i}", bn=True)
     x = layers.Flatten(name="flatten")(x)
     logits = layers.Dense(bits_n, name="logits")(x)
+    if matched_filter:
+        flat = layers.Flatten(name="flat_tile")(normalised)
+        logits = layers.Add(name="logits_sum")([logits, layers.Dense(bits_n, name="matched_filter")(flat)])
     return keras.Model(image, logits, name="tile_extractor")
 
 
@@ -217,7 +256,11 @@ class PeriodicTask(PhotoTask):
             raise ValueError(f"{a.fold_periods} periods of {a.max_period} px do not fit a {self.canvas} px canvas")
         self.tile = m.working_size
         self.generator = build_generator(self.tile, m.payload_bits, m.embedder_channels)
-        self.extractor = build_tile_extractor(self.tile, m.payload_bits, m.extractor_channels)
+        self.extractor = build_tile_extractor(self.tile, m.payload_bits, m.extractor_channels,
+                                              matched_filter=m.spread_band is not None)
+        if m.spread_band is not None:
+            init_spread_spectrum(self.generator, self.extractor,
+                                 spread_spectrum_basis(m.payload_bits, self.tile, m.spread_band, cfg.seed))
         self.templates = tf.constant(training_templates(self.template_bank, cfg.seed))
 
     # -- model pieces ------------------------------------------------------------------------
