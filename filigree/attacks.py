@@ -9,6 +9,11 @@ spec           parameter  effect
 ``jpeg:Q``     int 1-100  JPEG round trip at quality Q (Pillow defaults, 4:2:0)
 ``resize:S``   (0, 4]     bicubic resize of both sides by S, not resized back
 ``crop:F``     (0, 1]     centre crop keeping fraction F of the area (sides * sqrt(F))
+``offcrop:F``  (0, 1]     crop keeping fraction F of the area at a seeded random position
+``shift:F``    [0, 0.5]   cut fraction F of the width and height off the left and top edges
+``margin:F``   [0, 1]     a black margin of F times each side around the image
+``rotate:D``   [-45, 45]  rotation by D degrees counter-clockwise (bicubic, same canvas size)
+``mirror``     --         horizontal mirror
 ``noise:S``    [0, 1]     additive Gaussian noise, std S on the [0, 1] scale, seeded
 ``blur:S``     [0, 50]    Gaussian blur with std S pixels (``ImageFilter.GaussianBlur``)
 ``brightness`` (0, 10]    ``ImageEnhance.Brightness`` factor
@@ -113,6 +118,48 @@ def _crop(fraction: float) -> ApplyFn:
     return apply
 
 
+def _offcentre_crop(fraction: float) -> ApplyFn:
+    side = math.sqrt(fraction)
+
+    def apply(image: Image.Image, seed: int) -> Image.Image:
+        width, height = _scaled_size(image, side)
+        rng = np.random.default_rng(seed)
+        left = int(rng.integers(0, image.width - width + 1))
+        top = int(rng.integers(0, image.height - height + 1))
+        return image.crop((left, top, left + width, top + height))
+
+    return apply
+
+
+def _shift(fraction: float) -> ApplyFn:
+    def apply(image: Image.Image, seed: int) -> Image.Image:
+        left, top = round(image.width * fraction), round(image.height * fraction)
+        return image.crop((min(left, image.width - 1), min(top, image.height - 1), image.width, image.height))
+
+    return apply
+
+
+def _margin(fraction: float) -> ApplyFn:
+    def apply(image: Image.Image, seed: int) -> Image.Image:
+        mx, my = round(image.width * fraction), round(image.height * fraction)
+        canvas = Image.new("RGB", (image.width + 2 * mx, image.height + 2 * my))
+        canvas.paste(image, (mx, my))
+        return canvas
+
+    return apply
+
+
+def _rotate(degrees: float) -> ApplyFn:
+    def apply(image: Image.Image, seed: int) -> Image.Image:
+        return image.rotate(degrees, resample=Image.Resampling.BICUBIC)
+
+    return apply
+
+
+def _mirror(image: Image.Image, seed: int) -> Image.Image:
+    return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+
+
 def _noise(sigma: float) -> ApplyFn:
     def apply(image: Image.Image, seed: int) -> Image.Image:
         rng = np.random.default_rng(seed)
@@ -171,6 +218,13 @@ ATTACKS: Mapping[str, AttackKind] = MappingProxyType(
             AttackKind(
                 "crop", "area fraction kept", "crop:0.8", _number(0, 1, low_open=True), _crop
             ),
+            AttackKind(
+                "offcrop", "area fraction kept", "offcrop:0.8", _number(0, 1, low_open=True), _offcentre_crop
+            ),
+            AttackKind("shift", "fraction cut off left and top", "shift:0.03", _number(0, 0.5), _shift),
+            AttackKind("margin", "margin over side", "margin:0.1", _number(0, 1), _margin),
+            AttackKind("rotate", "degrees", "rotate:2", _number(-45, 45), _rotate),
+            AttackKind("mirror", "horizontal mirror", "mirror", None, lambda _: _mirror),
             AttackKind("noise", "Gaussian std on [0, 1]", "noise:0.04", _number(0, 1), _noise),
             AttackKind("blur", "Gaussian std in pixels", "blur:1", _number(0, 50), _blur),
             AttackKind(

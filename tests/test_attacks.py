@@ -199,7 +199,7 @@ def test_canonical_names(spec: str, canonical: str) -> None:
     [
         "", "   ", "jpeg", "jpeg:", "jpeg:0", "jpeg:101", "jpeg:50.5", "jpeg:abc", "jpeg:50:1",
         "resize:0", "resize:-0.5", "resize:5", "resize:nan", "crop:0", "crop:1.5", "noise:-0.1",
-        "noise:inf", "blur:-1", "brightness:0", "contrast:x", "saturation:", "rotate:10",
+        "noise:inf", "blur:-1", "brightness:0", "contrast:x", "saturation:", "rotate:90", "spin:10", "mirror:1",
         "combo", "combo:", "combo:jpeg:50+", "combo:+jpeg:50", "combo:combo:jpeg:50",
         "combo:jpeg:50+bogus:1", "none:1",
     ],
@@ -210,8 +210,8 @@ def test_bad_specs_raise_value_error(spec: str) -> None:
 
 
 def test_error_messages_are_specific() -> None:
-    with pytest.raises(ValueError, match="unknown attack 'rotate'"):
-        parse_attack("rotate:10")
+    with pytest.raises(ValueError, match="unknown attack 'spin'"):
+        parse_attack("spin:10")
     with pytest.raises(ValueError, match=r"outside \[1, 100\]"):
         parse_attack("jpeg:0")
     with pytest.raises(ValueError, match="needs a parameter"):
@@ -247,3 +247,18 @@ def test_jpeg_attack_output_is_a_real_jpeg_roundtrip() -> None:
     image.save(buffer, "JPEG", quality=30)
     expected = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
     np.testing.assert_array_equal(np.asarray(parse_attack("jpeg:30")(image)), expected)
+
+
+def test_geometric_attacks_have_the_right_geometry():
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (80, 100, 3), dtype=np.uint8))
+    crop = parse_attack("offcrop:0.64")
+    assert crop(image, 3).size == (80, 64)
+    assert np.array_equal(np.asarray(crop(image, 3)), np.asarray(crop(image, 3)))
+    assert any(not np.array_equal(np.asarray(crop(image, 3)), np.asarray(crop(image, s))) for s in range(4, 9))
+    shifted = parse_attack("shift:0.1")(image)
+    assert np.array_equal(np.asarray(shifted), np.asarray(image)[8:, 10:])
+    framed = np.asarray(parse_attack("margin:0.1")(image))
+    assert framed.shape == (96, 120, 3) and framed[:8].max() == 0 and np.array_equal(framed[8:88, 10:110], np.asarray(image))
+    assert parse_attack("rotate:2")(image).size == image.size
+    assert np.array_equal(np.asarray(parse_attack("mirror")(image)), np.asarray(image)[:, ::-1])
