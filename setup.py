@@ -21,6 +21,9 @@ INSTALL_REQUIRES = [
     "bchlib>=2.1,<3",
     # tf.summary's implementation (training logs); tensorflow 2.21 no longer pulls it in.
     "tensorboard==2.21.*",
+    # SSIMULACRA2 (perceptual visibility of the mark) for the run report's sampled images and
+    # benchmarks/quality.py; pure Python on numpy + scipy. Pinned: its scores are the numbers.
+    "ssimulacra2==0.3.0",
 ]
 
 EXTRAS_REQUIRE = {

@@ -32,7 +32,13 @@ For every photo in DIR (sorted by name; EXIF orientation applied, converted to 8
    the peers' decoders against theirs, are reported alongside.
 
 PSNR and SSIM (`filigree.imaging.metrics.psnr` / `ssim`: 8-bit RGB PSNR, SSIM of BT.601 luma) compare
-each marked image with its original. Times are wall-clock seconds of the embed / extract call
+each marked image with its original. Visibility (benchmarks/visibility.py): PSNR and SSIMULACRA2
+(`filigree.imaging.metrics.ssimulacra2`) of the 8-bit marked output in two views, the whole image
+at long side 1600 px ("screen") and the flattest 512x512 crop at native resolution, for every
+method, plus a JPEG q90 re-save of the same crop as a reference; the tile-seam ratio of Filigree's
+residual on a smooth 1024x768 gradient (``--seam-payloads`` payloads; ``--seam-period P`` measures
+on a P-pixel grid instead of the bundle's tile borders); with ``--crops-dir DIR``, the flattest crop
+of each photo and method as original | marked | residual x10 PNGs (re-marked for that). Times are wall-clock seconds of the embed / extract call
 per megapixel of the photo (the extract time is the blind read of the clean PNG); the first
 call of each method is run once beforehand on a small image so graph tracing and model loading
 are not counted.
@@ -67,7 +73,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -77,9 +83,12 @@ if str(REPO) not in sys.path:  # `python benchmarks/quality.py` without PYTHONPA
     sys.path.insert(0, str(REPO))
 
 from benchmarks.common import loadavg, timed  # noqa: E402
-from benchmarks.quality_methods import (FILIGREE, PEER_BITS, TARGET_FPR, FiligreeMethod, load_peers,  # noqa: E402
+from benchmarks.quality_methods import (FILIGREE, PEER_BITS, TARGET_FPR, FiligreeMethod,  # noqa: E402
+                                        bits_to_int, filigree_marked, load_peers, peer_marked,
                                         peer_tau, random_bits, retime, run_filigree, run_peer)
 from benchmarks.quality_report import attack_record, summarise, write_outputs  # noqa: E402
+from benchmarks.visibility import (Borders, flattest_crop_box, jpeg_reference, period_borders,  # noqa: E402
+                                   seam_record, side_by_side, tile_borders)
 from filigree.attacks import DEFAULT_SUITE_SPEC, parse_suite  # noqa: E402
 from filigree.payload import resolve_key  # noqa: E402
 
@@ -104,7 +113,7 @@ def load_rgb(path: Path) -> Image.Image:
         return ImageOps.exif_transpose(image).convert("RGB")
 
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: records carry the visibility views
 
 
 class RecordCache:
@@ -147,6 +156,44 @@ class RecordCache:
         temp = path.with_suffix(f".{os.getpid()}.tmp")
         temp.write_text(json.dumps(record, allow_nan=False), encoding="utf-8")
         os.replace(temp, path)
+
+
+SEAM_STREAM = 7_000_001  # seeds the seam gradient's payloads apart from the photos' ones
+
+
+def layout_borders(filigree: FiligreeMethod, period: int | None) -> Callable[[int, int], Borders | None]:
+    """Borders of Filigree's layout on an image of a given size: the tile grid the bundle marks
+    it with (None for a single view), or a ``period`` grid when given."""
+    wm = filigree.wm
+
+    def borders(height: int, width: int) -> Borders | None:
+        if period is not None:
+            return period_borders(height, width, period)
+        grid = wm.tiling.grid_for(height, width, wm.max_grid)
+        return tile_borders(height, width, grid, wm.working_size) if grid > 1 else None
+    return borders
+
+
+def filigree_seams(filigree: FiligreeMethod, seed: int, payloads: int,
+                   period: int | None) -> dict[str, Any]:
+    """`seam_record` of Filigree on the smooth gradient, one random payload per mark."""
+    def marker(value: int) -> Callable[[np.ndarray], np.ndarray]:
+        return lambda px: np.asarray(filigree_marked(filigree, Image.fromarray(px), value)[0])
+
+    values = [bits_to_int(random_bits(np.random.default_rng([seed, SEAM_STREAM, k]),
+                                      filigree.data_bits)) for k in range(max(1, payloads))]
+    return seam_record([marker(v) for v in values], layout_borders(filigree, period))
+
+
+def write_crops(folder: Path, index: int, path: Path, original: np.ndarray,
+                marked: dict[str, np.ndarray]) -> None:
+    """The photo's flattest crop per method as ``NN-<photo>-<method>.png`` (original | marked |
+    residual x10)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    box = flattest_crop_box(original)
+    for name, pixels in marked.items():
+        side_by_side(box.of(original), box.of(pixels)).save(
+            folder / f"{index:02d}-{path.stem}-{name}.png", optimize=True)
 
 
 def _key_tag(key: bytes | None) -> str:
@@ -214,6 +261,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="time one embed and one clean read per method and photo again in "
                              "this run (all methods back to back, under the same load), "
                              "replacing the times of cached records")
+    parser.add_argument("--seam-payloads", type=int, default=8,
+                        help="payloads the seam gradient is marked with (default: %(default)s)")
+    parser.add_argument("--seam-period", type=int, default=None,
+                        help="measure seams on a grid of this period in pixels instead of the "
+                             "bundle's tile borders (for a periodic layout)")
+    parser.add_argument("--crops-dir", default=None,
+                        help="write each photo's flattest 512x512 crop per method as "
+                             "original | marked | residual x10 PNGs here")
     parser.add_argument("--docs", default=None,
                         help="Markdown file whose quality block gets the results and figure")
     parser.add_argument("--docs-block", default="heldout",
@@ -288,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         photo = {"file": path.name, "width": image.width, "height": image.height,
                  "megapixels": image.width * image.height / 1e6,
                  "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+        photo["jpeg_reference"] = jpeg_reference(np.asarray(image))
         photo_records.append(photo)
         rng = np.random.default_rng([args.seed, index])
         record = cache.get(FILIGREE, photo, index)
@@ -301,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         rng = np.random.default_rng([args.seed, index])
         random_bits(rng, filigree.data_bits)  # the Filigree payload's draw
         peer_bits = random_bits(rng, PEER_BITS)
+        marked_peers = []
         for peer in peers:
             subset = subsets.get(peer.name)
             if subset is not None and index % subset[1] != subset[0]:
@@ -314,6 +371,15 @@ def main(argv: list[str] | None = None) -> int:
                 peer_record["loadavg"] = loadavg()
                 cache.put(peer.name, photo, index, peer_record)
             per_method[peer.name].append(peer_record)
+            if not peer_record.get("refused_embed"):
+                marked_peers.append(peer)
+        if args.crops_dir:
+            original = np.asarray(image)
+            value = int(per_method[FILIGREE][-1]["payload"], 16)
+            marked = {FILIGREE: np.asarray(filigree_marked(filigree, image, value)[0])}
+            for peer in marked_peers:
+                marked[peer.name] = np.asarray(peer_marked(peer, original, peer_bits)[0])
+            write_crops(Path(args.crops_dir), index, path, original, marked)
         if args.retime:
             retime(image, filigree, per_method[FILIGREE][-1], peers, per_method, path.name,
                    peer_bits)
@@ -353,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_time_s": time.perf_counter() - started,
         "compute_s": sum(r.get("elapsed_s", 0.0) for rs in per_method.values() for r in rs),
         "photos": photo_records,
+        "seams": filigree_seams(filigree, args.seed, args.seam_payloads, args.seam_period),
         "attacks": [attack_record(a) for a in attacks],
         "methods": {},
     }

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.common import finite, timed
+from benchmarks.visibility import visibility_record
 from filigree.attacks import Attack
 from filigree.imaging.metrics import psnr, ssim
 from filigree.payload import binomial_tail, format_payload
@@ -135,20 +136,33 @@ def load_peers(names: list[str], tau: int = PEER_TAU) -> tuple[list[PeerMethod],
     return peers, "; ".join(notes) or None
 
 
+def filigree_marked(method: FiligreeMethod, image: Image.Image, value: int) -> tuple[Image.Image, float]:
+    """The photo marked by Filigree after the PNG round trip (8-bit RGB), and the embed call's
+    wall-clock seconds."""
+    marked, embed_s = timed(lambda: method.wm.embed(image, value))
+    return png_roundtrip(marked), embed_s
+
+
+def peer_marked(peer: PeerMethod, original: np.ndarray, bits: np.ndarray) -> tuple[Image.Image, float]:
+    """The photo (uint8 RGB) marked by a peer after the PNG round trip, and the embed call's
+    wall-clock seconds."""
+    marked_px, embed_s = timed(lambda: peer.embed(original, bits))
+    return png_roundtrip(Image.fromarray(marked_px, "RGB")), embed_s
+
+
 def run_filigree(method: FiligreeMethod, index: int, image: Image.Image, attacks: Sequence[Attack],
                  seed: int, rng: np.random.Generator) -> dict[str, Any]:
     wm = method.wm
     value = bits_to_int(random_bits(rng, method.data_bits))
     expected = format_payload(value, method.data_bits)
     megapixels = image.width * image.height / 1e6
-    marked, embed_s = timed(lambda: wm.embed(image, value))
-    marked = png_roundtrip(marked)
+    marked, embed_s = filigree_marked(method, image, value)
     original = np.asarray(image)
     marked_px = np.asarray(marked)
     record: dict[str, Any] = {
         "payload": expected, "embed_s": embed_s, "embed_s_per_mp": embed_s / megapixels,
         "psnr": finite(psnr(original, marked_px)), "ssim": ssim(original, marked_px),
-        "attacks": {}, "unmarked": {},
+        "visibility": visibility_record(original, marked_px), "attacks": {}, "unmarked": {},
     }
     for j, attack in enumerate(attacks):
         attacked = attack(marked, seed=attack_seed(seed, index, j))
@@ -199,11 +213,11 @@ def run_peer(peer: PeerMethod, index: int, image: Image.Image, attacks: Sequence
     if original.shape[0] * original.shape[1] < PEER_MIN_AREA:
         record["refused_embed"] = True
         return record
-    marked_px, embed_s = timed(lambda: peer.embed(original, bits))
-    marked = png_roundtrip(Image.fromarray(marked_px, "RGB"))
+    marked, embed_s = peer_marked(peer, original, bits)
     marked_px = np.asarray(marked)
     record.update({"embed_s": embed_s, "embed_s_per_mp": embed_s / megapixels,
-                   "psnr": finite(psnr(original, marked_px)), "ssim": ssim(original, marked_px)})
+                   "psnr": finite(psnr(original, marked_px)), "ssim": ssim(original, marked_px),
+                   "visibility": visibility_record(original, marked_px)})
     for j, attack in enumerate(attacks):
         attacked = np.asarray(attack(marked, seed=attack_seed(seed, index, j)))
         read, extract_s = timed(lambda: _peer_read(peer, attacked, bits))
@@ -230,8 +244,7 @@ def retime(image: Image.Image, filigree: FiligreeMethod, record: dict[str, Any],
     into the (possibly cached) records, so every method is timed under the same load."""
     megapixels = image.width * image.height / 1e6
     value = int(record["payload"], 16)
-    marked, embed_s = timed(lambda: filigree.wm.embed(image, value))
-    marked = png_roundtrip(marked)
+    marked, embed_s = filigree_marked(filigree, image, value)
     _, extract_s = timed(lambda: filigree.wm.extract(marked))
     record.update(embed_s=embed_s, embed_s_per_mp=embed_s / megapixels, extract_s=extract_s,
                   extract_s_per_mp=extract_s / megapixels, timing="retimed")
@@ -240,8 +253,8 @@ def retime(image: Image.Image, filigree: FiligreeMethod, record: dict[str, Any],
         records = [r for r in per_method[peer.name] if r["file"] == file]
         if not records or records[-1].get("refused_embed"):
             continue
-        marked_px, embed_s = timed(lambda: peer.embed(original, peer_bits))
-        marked_px = np.asarray(png_roundtrip(Image.fromarray(marked_px, "RGB")))
+        marked, embed_s = peer_marked(peer, original, peer_bits)
+        marked_px = np.asarray(marked)
         _, extract_s = timed(lambda: peer.read(marked_px))
         records[-1].update(embed_s=embed_s, embed_s_per_mp=embed_s / megapixels,
                            extract_s=extract_s, extract_s_per_mp=extract_s / megapixels,

@@ -168,10 +168,22 @@ def _thumbnail_figure(thumb: Mapping[str, Any], psnr_by_image: Mapping[str, Any]
                else '<div class="missing">unavailable</div>')
         cells.append(f"<div>{img}<div class=\"caption\">{_esc(caption)}</div></div>")
     name = thumb.get("name") or thumb.get("image") or ""
-    title = f"{name} — PSNR {_num(finite(psnr), '.2f', ' dB')}"
+    title = (f"{name} — PSNR {_num(finite(psnr), '.2f', ' dB')} — SSIMULACRA2 "
+             f"{_num(finite(thumb.get('ssimulacra2')), '.1f')}")
     return (f'<figure class="thumb"><div class="triple">{"".join(cells)}</div>'
             f'<figcaption title="{_esc(thumb.get("image", ""))}">{_esc(title)}</figcaption>'
             '</figure>')
+
+
+def _ssimulacra2_note(thumbnails: list[dict[str, Any]]) -> str:
+    scores = [s for s in (finite((t or {}).get("ssimulacra2")) for t in thumbnails or [])
+              if s is not None]
+    mean = f" Mean over these {len(scores)}: {sum(scores) / len(scores):.1f}." if scores else ""
+    return ("<p>SSIMULACRA2 (perceptual; 100 = identical, ≥ 90 visually lossless, about 70 like "
+            "a JPEG q70 re-save, ≤ 50 clearly visible) of each output file against its original, "
+            "both resized to a long side of 1600 px, as seen whole on a screen. It costs seconds "
+            "of CPU per image, so it is computed for these sampled images only, not for every "
+            f"image of the run.{mean}</p>")
 
 
 _CSS = """
@@ -204,7 +216,7 @@ def render_html(summary: Mapping[str, Any], thumbnails: list[dict[str, Any]]) ->
     mode = summary.get("mode") or "unknown"
     figures = "".join(_thumbnail_figure(t, psnr_by_image) for t in thumbnails or [] if t)
     thumbs = ("<p>Residual: |marked − original| at full resolution, amplified by the gain "
-              "shown.</p>"
+              "shown.</p>" + _ssimulacra2_note(thumbnails) +
               f'<div class="thumbs">{figures}</div>' if figures
               else "<p>No thumbnails.</p>")
     return (

@@ -1,5 +1,7 @@
 """Report thumbnails: the sampled images, their marked copies and the amplified residual between
-them, computed on reduced copies and embedded in the HTML page as PNG data."""
+them, computed on reduced copies and embedded in the HTML page as PNG data, with each sampled
+image's SSIMULACRA2 on its screen view (the metric costs seconds of CPU per image, so only the
+sampled images get it)."""
 
 from __future__ import annotations
 
@@ -14,9 +16,11 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from filigree.imaging.metrics import SCREEN_SIDE, screen_view, ssimulacra2
 from pipeline.storage import read_bytes
 
-__all__ = ["ANALYSIS_SIDE", "RESIDUAL_GAIN", "make_thumbnails", "sample_thumbnails"]
+__all__ = ["ANALYSIS_SIDE", "RESIDUAL_GAIN", "make_thumbnails", "sample_thumbnails",
+           "screen_ssimulacra2"]
 
 _LOG = logging.getLogger(__name__)
 ANALYSIS_SIDE = 1024
@@ -90,10 +94,28 @@ def _residual(original: Image.Image, marked: Image.Image, gain: float) -> tuple[
     return Image.fromarray(amplified, "RGB"), int(diff.max(initial=0))
 
 
+def screen_ssimulacra2(original: bytes, marked: bytes) -> float | None:
+    """SSIMULACRA2 of the marked file against the original file on their screen views
+    (`filigree.imaging.metrics.screen_view`: long side 1600 px), 8-bit RGB as decoded (EXIF
+    orientation applied, transparency over white). To bound memory, both are first reduced by an
+    integer factor to at most twice the screen side (JPEGs decoded reduced). None when either
+    cannot be decoded or their sizes differ. About 4-5 s of one CPU core per image."""
+    try:
+        source, _ = _open_rgb(original, 2 * SCREEN_SIDE)
+        result, _ = _open_rgb(marked, 2 * SCREEN_SIDE)
+        if source.size != result.size or min(source.size) < 8:
+            return None
+        return ssimulacra2(screen_view(np.asarray(source)), screen_view(np.asarray(result)))
+    except Exception as exc:  # noqa: BLE001 - a sample without a score still gets its thumbnail
+        _LOG.warning("no SSIMULACRA2 for a sampled image: %s", exc)
+        return None
+
+
 def make_thumbnails(image_path: str, original: bytes, marked: bytes, size: int = 256,
                     *, gain: float = RESIDUAL_GAIN) -> dict[str, Any] | None:
     """Base64 PNG thumbnails (longest side ``size``) of the original, the marked image and the
-    amplified residual ``|marked - original| * gain``; None when either image cannot be decoded.
+    amplified residual ``|marked - original| * gain``, and ``ssimulacra2`` (`screen_ssimulacra2`,
+    None when it cannot be computed); None when either image cannot be decoded.
 
     The residual is computed before the final reduction, on the images at up to
     ``max(ANALYSIS_SIDE, 4 * size)`` pixels on the long side (full resolution for images that
@@ -121,6 +143,7 @@ def make_thumbnails(image_path: str, original: bytes, marked: bytes, size: int =
         "residual_max": max_diff,
         "thumb_width": thumbs["original"].width,
         "thumb_height": thumbs["original"].height,
+        "ssimulacra2": screen_ssimulacra2(original, marked),
         **{key: _png_base64(image) for key, image in thumbs.items()},
     }
 

@@ -40,10 +40,13 @@ def test_smoke_main_writes_json_markdown_figure(quality, tmp_path, capsys):
     (images / "notes.txt").write_text("not a photo")
     out = tmp_path / "out"
     doc = tmp_path / "quality.md"
-    doc.write_text("intro\n<!-- quality:heldout:begin -->\nold\n<!-- quality:heldout:end -->\nend\n")
+    doc.write_text("intro\n<!-- quality:heldout:begin -->\nold\n<!-- quality:heldout:end -->\n"
+                   "<!-- quality:visibility:begin -->\nold\n<!-- quality:visibility:end -->\nend\n")
+    crops = tmp_path / "crops"
 
     assert quality.main(["--images", str(images), "--attacks", "none,jpeg:50", "--peers", "none",
                          "--out", str(out), "--seed", "3", "--key", "smoke-key",
+                         "--seam-payloads", "2", "--crops-dir", str(crops),
                          "--docs", str(doc)]) == 0
 
     report = json.loads((out / "quality.json").read_text())
@@ -68,7 +71,20 @@ def test_smoke_main_writes_json_markdown_figure(quality, tmp_path, capsys):
         assert 0 <= entry["bit_acc_mean"] <= 1
         for rate in ("exact_rate", "detection_rate", "detection_rate_informed"):
             assert 0 <= entry[rate] <= 1
+    visibility = summary["visibility"]
+    assert visibility["photos"] == 2
+    for view in ("screen", "flat"):
+        assert 0 < visibility[view]["ssimulacra2_min"] <= visibility[view]["ssimulacra2_mean"] < 100
+    for photo in report["photos"]:
+        assert 0 < photo["jpeg_reference"]["ssimulacra2"] < 100
+    seams = report["seams"]  # the bundled model tiles a 1024x768 image
+    assert seams["payloads"] == 2 and seams["layout"].endswith("tiles")
+    assert seams["ratio_max"] >= seams["ratio_mean"] > 0
+    assert sorted(p.name for p in crops.iterdir()) == ["00-a-Filigree.png", "01-b-Filigree.png"]
+    with Image.open(crops / "00-a-Filigree.png") as crop:
+        assert crop.size == (3 * 320 + 16, 240)  # original | marked | residual, whole photo
     for photo in filigree["per_photo"]:
+        assert photo["visibility"]["flat"]["box"] == [0, 0, 320, 240] or photo["file"] == "b.jpg"
         assert len(photo["payload"]) == (report["model"]["data_bits"] + 3) // 4
         assert set(photo["attacks"]) == set(photo["unmarked"]) == {"none", "jpeg:50"}
     fp = summary["false_positives"]
@@ -77,7 +93,7 @@ def test_smoke_main_writes_json_markdown_figure(quality, tmp_path, capsys):
 
     markdown = (out / "quality.md").read_text()
     assert markdown.strip() in capsys.readouterr().out
-    for heading in ("## Image quality and speed", "## Bit accuracy", "## Exact payload recovery",
+    for heading in ("## Image quality and speed", "## Visibility", "## Bit accuracy", "## Exact payload recovery",
                     "## Detection at FPR", "## False positives on unmarked photos", "## Photos"):
         assert heading in markdown
     assert "| clean PNG |" in markdown and "| JPEG q50 |" in markdown
@@ -87,9 +103,21 @@ def test_smoke_main_writes_json_markdown_figure(quality, tmp_path, capsys):
     text = doc.read_text()
     assert text.startswith("intro\n") and text.endswith("end\n") and "old" not in text
     assert "### Bit accuracy" in text and "![Bit accuracy per attack](quality.png)" in text
+    heldout, visibility_block = text.split("<!-- quality:visibility:begin -->")
+    assert "### Visibility" in visibility_block and "### Visibility" not in heldout
+    assert "Tile seams" in visibility_block and "| Filigree | 2 |" in visibility_block
     assert (tmp_path / "quality.png").is_file()
 
     # --from-json re-renders the same Markdown without running anything
     again = tmp_path / "again"
     assert quality.main(["--from-json", str(out / "quality.json"), "--out", str(again)]) == 0
     assert (again / "quality.md").read_text() == markdown
+
+    # --docs-block visibility rewrites that block alone
+    only = tmp_path / "only.md"
+    only.write_text("<!-- quality:visibility:begin -->\nold\n<!-- quality:visibility:end -->\n")
+    assert quality.main(["--from-json", str(out / "quality.json"), "--out", str(again),
+                         "--docs", str(only), "--docs-block", "visibility"]) == 0
+    block = only.read_text()
+    assert "### Visibility" in block and "### Bit accuracy" not in block and "old" not in block
+    assert "Command: `" in block

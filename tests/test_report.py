@@ -334,6 +334,12 @@ def test_thumbnails_from_generated_images():
     # The residual (computed at full size, then reduced) shows the amplified ±2 pattern.
     residual = np.asarray(_decode_b64_png(thumb["residual"]))
     assert 30 < residual.mean() <= 40
+    # A ±2 checkerboard is high-frequency texture: visible to SSIMULACRA2 but not glaring.
+    assert 40 < thumb["ssimulacra2"] < 95
+    page = render_html(summarize([]), [thumb])
+    assert f"SSIMULACRA2 {thumb['ssimulacra2']:.1f}" in page
+    assert f"Mean over these 1: {thumb['ssimulacra2']:.1f}" in page
+    assert "sampled images only" in page
 
 
 def test_thumbnails_apply_exif_orientation_and_modes():
@@ -341,7 +347,7 @@ def test_thumbnails_apply_exif_orientation_and_modes():
     buffer = io.BytesIO()
     Image.fromarray(gray16).save(buffer, format="PNG")
     thumb = make_thumbnails("g.png", buffer.getvalue(), buffer.getvalue())
-    assert thumb is not None and thumb["residual_max"] == 0
+    assert thumb is not None and thumb["residual_max"] == 0 and thumb["ssimulacra2"] == 100
 
     rgba = np.dstack([_photo(20, 30), np.full((20, 30), 128, np.uint8)])
     assert make_thumbnails("a.png", _png(rgba), _png(rgba)) is not None
@@ -447,3 +453,5 @@ def test_thumbnails_of_a_large_jpeg_are_made_reduced():
     assert 3 <= thumb["residual_max"] <= 12
     residual = np.asarray(_decode_b64_png(thumb["residual"])).astype(np.float32)
     assert residual.mean() > 20  # the smooth ±6 pattern, amplified, survives the reduction
+    # On the 1600 x 1200 screen view the smooth ±6 blobs are plainly visible.
+    assert thumb["ssimulacra2"] < 70

@@ -1,10 +1,13 @@
-"""Image quality metrics: PSNR and SSIM between an image and its marked copy."""
+"""Image quality metrics between an image and its marked copy: PSNR, SSIM and the perceptual
+SSIMULACRA2, and the "screen" view (whole image at a screen's size) they are also taken on."""
 
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
+from PIL import Image
 
 from filigree.imaging.pixels import LUMA, rgbx_base, row_blocks, tile_rows
 
@@ -100,3 +103,62 @@ def _luma64(values: np.ndarray) -> np.ndarray:
 def _box_mean(x: np.ndarray, k: int) -> np.ndarray:
     c = np.pad(x, ((1, 0), (1, 0))).cumsum(0).cumsum(1)
     return (c[k:, k:] - c[:-k, k:] - c[k:, :-k] + c[:-k, :-k]) / (k * k)
+
+
+SCREEN_SIDE = 1600
+"""Long side, in pixels, of the "screen" view of an image (`screen_view`)."""
+
+
+def ssimulacra2(reference: np.ndarray, distorted: np.ndarray) -> float:
+    """SSIMULACRA2 score of ``distorted`` against ``reference``: 100 for identical images,
+    about 90 and above visually lossless at 100 % zoom, about 70 like a JPEG q70 re-save, 50
+    and below clearly visible; it can go negative.
+
+    Both are 8-bit sRGB ``uint8 [H, W, 3]`` arrays (or ``[H, W]`` grey, taken as R = G = B) of
+    the same shape, at least 8 pixels a side. Raises ValueError otherwise. Costs about 0.6 s of
+    one CPU core per 512 x 512 pair and 4-5 s per 1600 x 1067 pair (float64 multi-scale).
+
+    Source: J. Sneyers, SSIMULACRA 2 (libjxl ``tools/ssimulacra2.cc``): multi-scale SSIM and
+    edge-artifact/detail-loss maps in the XYB colour space, 6 scales, tuned on human ratings;
+    computed by the PyPI ``ssimulacra2`` package (pure Python, numpy + scipy).
+    """
+    from ssimulacra2 import compute_ssimulacra2
+
+    a, b = _rgb8(reference, "reference"), _rgb8(distorted, "distorted")
+    if a.shape != b.shape:
+        raise ValueError(f"shape mismatch {a.shape} != {b.shape}")
+    if min(a.shape[:2]) < 8:
+        raise ValueError(f"images must be at least 8 pixels a side, got {a.shape[1]}x{a.shape[0]}")
+    # The package reads images with Pillow; an uncompressed PPM in memory passes the exact pixels.
+    return float(compute_ssimulacra2(_ppm(a), _ppm(b)))
+
+
+def _rgb8(pixels: np.ndarray, name: str) -> np.ndarray:
+    pixels = np.asarray(pixels)
+    if pixels.dtype != np.uint8:
+        raise ValueError(f"{name}: expected uint8 pixels, got {pixels.dtype}")
+    if pixels.ndim == 2:
+        return np.repeat(pixels[..., None], 3, axis=2)
+    if pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise ValueError(f"{name}: expected [H, W, 3] or [H, W], got {pixels.shape}")
+    return pixels
+
+
+def _ppm(rgb: np.ndarray) -> io.BytesIO:
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb), "RGB").save(buffer, "PPM")
+    buffer.seek(0)
+    return buffer
+
+
+def screen_view(pixels: np.ndarray, long_side: int = SCREEN_SIDE) -> np.ndarray:
+    """The image as a screen shows it whole: ``uint8 [H, W, 3]`` (or ``[H, W]``) resized with
+    Pillow's Lanczos filter (antialiased) so that its long side is ``long_side`` pixels; an
+    image already that small is returned as it is. Aspect ratio kept, sides rounded."""
+    pixels = np.asarray(pixels)
+    height, width = pixels.shape[:2]
+    if max(height, width) <= long_side:
+        return pixels
+    scale = long_side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.LANCZOS))
