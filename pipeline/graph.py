@@ -66,7 +66,7 @@ from pipeline.marking import MarkAndWrite
 from pipeline.options import RunConfig
 from pipeline.planning import Item, Job, ListInputs, PlanJobs, key_path
 from pipeline.prepare import Prepare
-from pipeline.records import new_record
+from pipeline.records import full_record, lean_record, new_record
 from pipeline.verify import ReadBack
 
 LOG = logging.getLogger("filigree")
@@ -160,9 +160,9 @@ class Watermark(beam.PTransform):
         cfg, size, mode = self.cfg, self.card.working_size, self.cfg.mode
         tiling = self.card.tiling
         jobs, record_sets = plan_inputs(pbegin, cfg, self.spec)
-        prepared = (jobs
-                    | "Spread" >> beam.Reshuffle()
-                    | "Decode" >> guarded(Prepare(cfg, self.codec, size, tiling), "items"))
+        # No reshuffle before decoding: every Job comes out of `GroupByPath`, one key per image, which
+        # already spreads them over the workers (a runner splits a grouping's output by key ranges).
+        prepared = jobs | "Decode" >> guarded(Prepare(cfg, self.codec, size, tiling), "items")
         record_sets += [prepared.records, to_records(prepared.bad, "decode", mode, "DecodeFailures")]
         extractor = KeyedModelHandler(ExtractorHandler(self.model_dir, cfg.batch_size, cfg.verbose))
         if mode == "embed":
@@ -183,4 +183,6 @@ class Watermark(beam.PTransform):
         if mode == "embed":
             record_sets += _side_dead_letters(embed_dlq, "embed", mode, "Embed")
         record_sets += _side_dead_letters(extract_dlq, "extract", mode, "Extract")
-        return tuple(record_sets) | "AllRecords" >> beam.Flatten()
+        # Records travel lean into the Flatten, which a runner may hold whole (the DirectRunner does).
+        lean = [records | f"Lean{index}" >> beam.Map(lean_record) for index, records in enumerate(record_sets)]
+        return tuple(lean) | "AllRecords" >> beam.Flatten() | "FullRecords" >> beam.Map(full_record)

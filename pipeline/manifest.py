@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import functools
 import json
 import posixpath
 from dataclasses import dataclass
@@ -161,10 +162,20 @@ def is_image_name(path: str) -> bool:
 
 def relative_to(root: str, path: str) -> str | None:
     """`path` relative to `root`, or None when it lies outside."""
-    root_n, path_n = normalize(root).rstrip("/") + "/", normalize(path)
-    if path_n.startswith(root_n):
-        return path_n[len(root_n):]
-    return None
+    return relative_to_normal(root, normalize(path))
+
+
+def relative_to_normal(root: str, path: str) -> str | None:
+    """`relative_to` for a `path` that is already `normalize`d (one normalisation less per row)."""
+    prefix = folder_prefix(root)
+    return path[len(prefix):] if path.startswith(prefix) else None
+
+
+@functools.lru_cache(maxsize=64)
+def folder_prefix(root: str) -> str:
+    """`root` normalised, with one trailing slash: how every path below it starts. Cached: a job
+    has a few roots (the input's, the output's) and asks about them once per row."""
+    return normalize(root).rstrip("/") + "/"
 
 
 def resolve_image(root: str, image: str) -> tuple[str | None, str | None]:
@@ -179,7 +190,7 @@ def resolve_image(root: str, image: str) -> tuple[str | None, str | None]:
     if not has_scheme(root) and ":" in image.split("/")[0] and len(image) > 1 and image[1] == ":":
         return None, f"image path {image!r} looks like a Windows drive path"
     joined = normalize(root.rstrip("/") + "/" + image)
-    if relative_to(root, joined) is None:
+    if relative_to_normal(root, joined) is None:
         return None, f"image path {image!r} leaves the --input folder"
     return joined, None
 

@@ -11,6 +11,7 @@ globs or prefixes is listed in parallel, one listing per entry)."""
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Sequence
@@ -268,11 +269,17 @@ def output_path(cfg: RunConfig, job: Job, extension: str | None = None) -> str:
     relative = job.relative
     if extension and not relative.lower().endswith(_extension_aliases(extension)):
         relative = relative + extension
-    marked = FileSystems.join(cfg.output.rstrip("/"), "marked")
-    target = FileSystems.join(marked, relative)
-    if relative_to(normalize(marked), normalize(target)) is None or relative.startswith("/"):
+    marked = marked_folder(cfg.output)
+    target = storage.join(marked, relative)
+    if relative_to(marked, target) is None or relative.startswith("/"):
         raise StepFailure("bad_path", f"output path for {job.relative!r} would leave the output folder")
     return target
+
+
+@functools.lru_cache(maxsize=16)
+def marked_folder(output: str) -> str:
+    """OUTPUT/marked (asked once per image; a job has one output)."""
+    return storage.join(output.rstrip("/"), "marked")
 
 
 def existing_output(cfg: RunConfig, job: Job) -> str | None:

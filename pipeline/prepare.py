@@ -5,7 +5,6 @@ under a timeout (`pipeline.decoding`)."""
 from __future__ import annotations
 
 import apache_beam as beam
-import numpy as np
 from apache_beam.metrics import Metrics
 
 from filigree.imaging import decode
@@ -48,8 +47,7 @@ class Prepare(beam.DoFn):
                         job.path, cfg.mode, "exists", "marked output already exists (--skip_existing)",
                         output=existing, **base))
                     return
-            bits, payload = self._payload_bits(job)
-            record["payload"] = payload
+            value, record["payload"] = self._payload(job)
             data = self._read(job.path)
             source_bytes, decoded = len(data), self._decode(data)
             del data  # not held while the item travels on
@@ -70,6 +68,7 @@ class Prepare(beam.DoFn):
         else:
             view = read_views(decoded.model_pixels, self.tiling, self.working_size)
         sources = {"clean": search_copy(decoded.model_pixels, self.working_size, self.tiling)} if cfg.reframe else {}
+        bits = None if value is None else self.codec.encode(value)
         yield job.path, Item(job, record, decoded, bits, {"clean": view}, sources)
 
     def _periodic_item(self, job: Job, record: dict, decoded: decode.DecodedImage) -> Item:
@@ -81,15 +80,16 @@ class Prepare(beam.DoFn):
             bits, salt = self.periodic.salted_bits(decoded.pixels, job.payload)
         return Item(job, record, decoded, bits, {"clean": tiles}, contexts={"clean": templates}, salt=salt)
 
-    def _payload_bits(self, job: Job) -> tuple[np.ndarray | None, str | None]:
-        """(raw bits, canonical payload); the bits of a periodic bundle wait for the pixels
-        (their salt depends on them)."""
+    def _payload(self, job: Job) -> tuple[int | None, str | None]:
+        """The payload's value and canonical text (None, None without one); a payload that does
+        not parse is this image's `bad_payload` error, before its file is read. Its bits are
+        encoded only once the image has been read and decoded (a periodic bundle's salt depends
+        on its pixels)."""
         if job.payload is None:
             return None, None
         try:
             value = self.codec.parse(job.payload)
-            bits = None if isinstance(self.codec, SaltedCodec) else self.codec.encode(value)
-            return bits, format_payload(value, self.codec.data_bits)
+            return value, format_payload(value, self.codec.data_bits)
         except PayloadError as exc:
             raise StepFailure("bad_payload", str(exc)) from None
 

@@ -43,6 +43,7 @@ if __name__ == "__main__":
 import apache_beam as beam  # noqa: E402
 from apache_beam.io.filesystems import FileSystems  # noqa: E402
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions  # noqa: E402
+from apache_beam.transforms.window import GlobalWindows  # noqa: E402
 
 from filigree.bundle import BundleError, ModelCard, read_card  # noqa: E402
 from filigree.payload import PayloadCodec, PayloadError  # noqa: E402
@@ -87,12 +88,39 @@ def build_pipeline(pipeline: beam.Pipeline, cfg: RunConfig, spec: InputSpec, car
     """Attach the whole job to `pipeline`."""
     records = pipeline | "Watermark" >> Watermark(cfg, spec, card, codec, model_dir)
     (records
-     | "RecordsToJson" >> beam.Map(lambda r: json.dumps(r, sort_keys=True, allow_nan=False))
+     | "RecordsToJson" >> beam.ParDo(JsonLines())
      | "WriteRecords" >> beam.io.WriteToText(FileSystems.join(report_prefix(cfg.output), "images"),
                                              file_name_suffix=".jsonl"))
     (records
      | "Summarize" >> beam.CombineGlobally(SummaryFn())
      | "WriteSummary" >> beam.Map(finish_report, cfg=cfg, model_name=card.name))
+
+
+class JsonLines(beam.DoFn):
+    """Records -> their JSON lines (keys sorted, no NaN), joined into blocks of up to `lines`
+    lines, each block one element: the report's writer then handles a block, not every record."""
+
+    def __init__(self, lines: int = 1000):
+        self.lines = lines
+
+    def setup(self):
+        self.encoder = json.JSONEncoder(sort_keys=True, allow_nan=False)
+
+    def start_bundle(self):
+        self.pending: list[str] = []
+
+    def process(self, record: dict):
+        self.pending.append(self.encoder.encode(record))
+        if len(self.pending) >= self.lines:
+            yield self._block()
+
+    def finish_bundle(self):
+        if self.pending:
+            yield GlobalWindows.windowed_value(self._block())
+
+    def _block(self) -> str:
+        block, self.pending = "\n".join(self.pending), []
+        return block
 
 
 class ErrorRateExceeded(RuntimeError):

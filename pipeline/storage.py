@@ -14,12 +14,35 @@ import uuid
 
 LOG = logging.getLogger("filigree")
 
+_FILESYSTEMS: dict[str | None, tuple[object, object]] = {}
+"""Per scheme: (the pipeline options it was made with, Beam's FileSystem for it)."""
+
+
+def filesystem(path: str):
+    """Beam's FileSystem for `path`, made once per scheme in this process (again when the pipeline
+    options change): `FileSystems.get_filesystem` searches every FileSystem subclass and makes a
+    new one on each call, which is most of the cost of a per-image read that fails."""
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.value_provider import RuntimeValueProvider
+
+    scheme = FileSystems.get_scheme(path)
+    options = FileSystems._pipeline_options or RuntimeValueProvider.runtime_options  # as get_filesystem does
+    cached = _FILESYSTEMS.get(scheme)
+    if cached is None or cached[0] is not options:
+        cached = _FILESYSTEMS[scheme] = (options, FileSystems.get_filesystem(path))
+    return cached[1]
+
+
+def join(base: str, *parts: str) -> str:
+    """`FileSystems.join(base, *parts)`, with `base`'s filesystem looked up once per scheme."""
+    return filesystem(base).join(base, *parts)
+
+
 def read_bytes(path: str) -> bytes:
     """Read a whole file through Beam's ``FileSystems`` (no decompression by extension)."""
     from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
 
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+    with filesystem(path).open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
         return handle.read()
 
 
@@ -37,9 +60,8 @@ def is_temp_name(path: str) -> bool:
 def read_head(path: str, size: int) -> bytes:
     """The first `size` bytes of a file (fewer when it is shorter)."""
     from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
 
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+    with filesystem(path).open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
         return handle.read(size)
 
 
