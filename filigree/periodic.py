@@ -31,6 +31,9 @@ from filigree.sync import period_for, sync_templates, synchronise, template_bank
 from filigree.sync.templates import PERIOD_DIVISOR, PERIOD_RANGE, TILE_SIZE
 
 LAYOUT_KIND = "periodic"
+MIN_PERIODS = 2
+"""Fewest whole periods along an image's shorter side for its mark to be readable: smaller
+images are refused (`too_small`) rather than marked unreadably."""
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
@@ -58,8 +61,9 @@ class PeriodicLayout:
 
     @property
     def hypotheses(self) -> int:
-        """Aligned tiles a read may decode: its p-value is multiplied by this."""
-        return self.max_lattices + 1
+        """Aligned tiles a read may decode (`synchronise`: the unedited lattice, up to
+        `max_lattices` found ones and the best one halved): its p-value is multiplied by this."""
+        return self.max_lattices + 2
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": LAYOUT_KIND, "tile_size": self.tile_size, "template_weight": self.template_weight,
@@ -126,11 +130,21 @@ class SaltedCodec:
             raise ValueError(f"{raw_bits} raw bits less {layout.carried_bits} salt bits do not hold a "
                              f"{ecc.codeword_bits}-bit codeword")
         self.ecc = ecc
-        self.key = _key_bytes(key)
-        self.outer = Scrambler(self.raw_bits, self.key)
+        material = _key_bytes(key)
+        self.outer = Scrambler(self.raw_bits, material)
         self.informed_p_scale = informed_p_scale
+        # Only material derived from the key is kept (the key itself never travels with a job):
+        self._salt_key = hmac.new(material, b"filigree/salt-mac/v1", hashlib.sha256).digest()
+        self._inner_key = hmac.new(material, b"filigree/inner/v1", hashlib.sha256).digest()
+        self.templates = sync_templates(material, layout.template_count, layout.tile_size)
+        """float32 [T, n, n]: the key's sync templates S_0 .. S_{T-1}."""
+        del material
         self._inner: dict[int, PayloadCodec] = {}
         self._first = self.codec_for(0)
+
+    def __repr__(self) -> str:
+        key = "<default>" if self.outer.is_default_key else "<secret>"
+        return f"SaltedCodec(raw_bits={self.raw_bits}, ecc={self.ecc!r}, layout=periodic, key={key})"
 
     @property
     def scrambler(self) -> Scrambler:
@@ -152,8 +166,7 @@ class SaltedCodec:
         """The inner codec of one salt (built once)."""
         codec = self._inner.get(salt)
         if codec is None:
-            salted_key = hmac.new(self.key, b"filigree/salt/v1\x00" + int(salt).to_bytes(4, "big"),
-                                  hashlib.sha256).digest()
+            salted_key = hmac.new(self._inner_key, int(salt).to_bytes(4, "big"), hashlib.sha256).digest()
             codec = PayloadCodec(self.inner_bits, self.ecc, salted_key, self.informed_p_scale)
             self._inner[salt] = codec
         return codec
@@ -162,8 +175,7 @@ class SaltedCodec:
         """The salt of one marking: HMAC-SHA256(key, content digest | payload value), so re-runs
         on the same pixels give the same mark and different images different ones."""
         digest = hashlib.sha256(content).digest()
-        mac = hmac.new(self.key, b"filigree/image-salt/v1\x00" + digest + value.to_bytes(64, "big"),
-                       hashlib.sha256).digest()
+        mac = hmac.new(self._salt_key, digest + value.to_bytes(64, "big"), hashlib.sha256).digest()
         return int.from_bytes(mac[:4], "big") % self.salt_count
 
     def template_of(self, salt: int) -> int:
@@ -209,6 +221,12 @@ def codec_for_card(card, key: bytes | str | None = None) -> "PayloadCodec | Salt
                        informed_p_scale(card.raw))
 
 
+def too_small(height: int, width: int) -> bool:
+    """Whether an image is too small to carry the periodic layout (under `MIN_PERIODS` periods
+    of `period_for` along its shorter side)."""
+    return min(height, width) < MIN_PERIODS * period_for(max(height, 1), max(width, 1))
+
+
 def eight_bit_scale(pixels: np.ndarray) -> np.ndarray:
     """Native pixels as a reader analyses them: uint8 as they are, uint16 as float32 grey
     levels on the 8-bit scale (0..255)."""
@@ -237,7 +255,7 @@ class PeriodicMarker:
         self.layout = codec.layout
         self.strength = float(strength)
         self.fpr = fpr
-        self.templates = sync_templates(codec.key, self.layout.template_count, self.layout.tile_size)
+        self.templates = codec.templates
         self.bank = template_bank(self.templates)
 
     # -- embed -------------------------------------------------------------------------------
@@ -272,14 +290,21 @@ class PeriodicMarker:
     # -- read --------------------------------------------------------------------------------
     def read_views(self, pixels: np.ndarray | Any) -> tuple[np.ndarray, tuple[int, ...]]:
         """(aligned tiles float32 [K, n, n], their template indices) of every sync hypothesis
-        of native pixels (8-bit scale) or a PIL image; K may be 0."""
+        of native pixels (8-bit scale) or a PIL image; K may be 0 (`read_views_scored`)."""
+        tiles, templates, _ = self.read_views_scored(pixels)
+        return tiles, templates
+
+    def read_views_scored(self, pixels: np.ndarray | Any) -> tuple[np.ndarray, tuple[int, ...], float]:
+        """`read_views` and the best autocorrelation lattice score (0 without a lattice), the
+        key-less presence statistic of `filigree.presence.existing_periodic_mark`."""
         shape = getattr(pixels, "shape", None) or tuple(reversed(pixels.size))
         hypotheses = synchronise(pixels, self.bank, self.layout.max_lattices,
                                  layout_period=period_for(*shape[:2]))
         n = self.layout.tile_size
         tiles = np.stack([h.tile for h in hypotheses]).astype(np.float32) if hypotheses \
             else np.zeros((0, n, n), np.float32)
-        return tiles, tuple(h.template for h in hypotheses)
+        score = max((h.lattice_score for h in hypotheses), default=0.0)
+        return tiles, tuple(h.template for h in hypotheses), float(score)
 
     def decode_views(self, logits: np.ndarray, templates: tuple[int, ...],
                      expected: str | int | None = None, fpr: float | None = None) -> ReadResult:

@@ -11,6 +11,10 @@ Measured on 30 development photos at 512 px (grids of 3 to 5 tiles a side; the s
 in docs/formats.md): unmarked 0.78-1.18, marked with another key 2.32-25.2. `FOREIGN_MARK_Z`
 sits between. A single-tile grid (images under twice the bundle's minimum tile) has no spread
 to measure, so only a same-key read applies there.
+
+The periodic layout (the bundled model) repeats one tile with a fixed period whatever the key,
+so its key-less statistic is the strength of that period in the whitened image's
+autocorrelation (`filigree.sync`'s lattice score; `existing_periodic_mark`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,12 @@ from filigree.tiling import Tiling, decode_grid
 
 FOREIGN_MARK_Z = 1.8
 """`tile_agreement` at or above which an image is said to carry a mark made with some key."""
+FOREIGN_LATTICE_SCORE = 16.0
+"""Periodic layout: the autocorrelation lattice score (`SyncHypothesis.lattice_score`) at or
+above which an image is said to carry a periodic mark made with some key. Measured on 28
+development photos (every other one, long side at most 1600 px; a spread-spectrum periodic
+bundle): unmarked 0.3-15.5 (median 3.6), marked 0.3-110 (median 24; flat photos such as an
+apple on white hold almost no mark)."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +42,8 @@ class ExistingMark:
 
     payload: str | None
     agreement: float | None
+    statistic: str = "tile agreement"
+    threshold: float = FOREIGN_MARK_Z
 
     @property
     def same_key(self) -> bool:
@@ -41,7 +53,7 @@ class ExistingMark:
         if self.same_key:
             return f"the image already carries payload {self.payload} (readable with this key)"
         return ("the image already carries a Filigree mark made with another key "
-                f"(tile agreement {self.agreement:.1f} >= {FOREIGN_MARK_Z})")
+                f"({self.statistic} {self.agreement:.1f} >= {self.threshold:g})")
 
 
 def tile_agreement(logits: np.ndarray) -> float | None:
@@ -64,4 +76,15 @@ def existing_mark(codec: PayloadCodec, logits: np.ndarray, grid: int, tiling: Ti
         return ExistingMark(read.decoded, agreement)
     if agreement is not None and agreement >= FOREIGN_MARK_Z:
         return ExistingMark(None, agreement)
+    return None
+
+
+def existing_periodic_mark(read, lattice_score: float | None) -> ExistingMark | None:
+    """The mark a source carries under the periodic layout: its payload when this key's read
+    (`read`, a ReadResult of the source) is detected, else a mark of another key when the
+    source's periodic lattice scores at least `FOREIGN_LATTICE_SCORE`; None otherwise."""
+    if read.detected and read.decoded is not None:
+        return ExistingMark(read.decoded, lattice_score, "lattice score", FOREIGN_LATTICE_SCORE)
+    if lattice_score is not None and lattice_score >= FOREIGN_LATTICE_SCORE:
+        return ExistingMark(None, lattice_score, "lattice score", FOREIGN_LATTICE_SCORE)
     return None

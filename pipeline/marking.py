@@ -15,8 +15,8 @@ from filigree.attacks import parse_suite
 from filigree.bundle import ModelCard
 from filigree.capacity import visibility_failure
 from filigree.payload import PayloadCodec
-from filigree.periodic import PeriodicMarker, SaltedCodec, eight_bit_scale
-from filigree.presence import ExistingMark, existing_mark
+from filigree.periodic import MIN_PERIODS, PeriodicMarker, SaltedCodec, eight_bit_scale, too_small
+from filigree.presence import ExistingMark, existing_mark, existing_periodic_mark
 from filigree.imaging import decode, encode, metrics
 from filigree.imaging.depth import mark_samples
 from filigree.imaging.kernels import add_residual
@@ -64,6 +64,9 @@ class MarkAndWrite(beam.DoFn):
             # Everything that can fail runs before the write, so an image either gets its file
             # and an `ok` record, or an error record and no file. With verification, the write
             # waits for the read-back (`pipeline.verify.ReadBack`).
+            if self.periodic is not None and too_small(decoded.height, decoded.width):
+                raise StepFailure("too_small", f"{decoded.width} x {decoded.height} px holds fewer than {MIN_PERIODS} "
+                                               "periods of this model's periodic mark along its shorter side")
             grid = self.tiling.grid_for(decoded.height, decoded.width, cfg.max_grid)
             existing = self._existing(item, result.inference["source_logits"], grid)
             if existing is not None:
@@ -105,7 +108,7 @@ class MarkAndWrite(beam.DoFn):
         if self.periodic is None:
             return existing_mark(self.codec, source_logits, grid, self.tiling, self.cfg.fpr)
         read = self.periodic.decode_views(source_logits, item.contexts["clean"], None, self.cfg.fpr)
-        return ExistingMark(read.decoded, None) if read.detected else None
+        return existing_periodic_mark(read, item.lattice_score)
 
     def _marked_pixels(self, decoded: decode.DecodedImage, inference: dict, salt: int | None) -> np.ndarray:
         """The marked copy of the native pixels."""

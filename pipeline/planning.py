@@ -64,6 +64,8 @@ class Item:
     view's stack (what `PeriodicMarker.decode_views` needs); empty for tiled bundles."""
     salt: int | None = None
     """Periodic bundles, embedding: the image's salt (`SaltedCodec.salt_for`)."""
+    lattice_score: float | None = None
+    """Periodic bundles, embedding: the source's best lattice score (key-less presence test)."""
 
 
 RowRef = tuple[int, int, str]

@@ -74,11 +74,12 @@ class Prepare(beam.DoFn):
     def _periodic_item(self, job: Job, record: dict, decoded: decode.DecodedImage) -> Item:
         """A periodic bundle's item: the aligned tiles of the source's sync hypotheses (read, or
         checked for an existing mark before embedding) and, to embed, the salted raw bits."""
-        tiles, templates = self.periodic.read_views(eight_bit_scale(decoded.model_pixels))
+        tiles, templates, score = self.periodic.read_views_scored(eight_bit_scale(decoded.model_pixels))
         bits = salt = None
         if self.cfg.mode == "embed" and job.payload is not None:
             bits, salt = self.periodic.salted_bits(decoded.pixels, job.payload)
-        return Item(job, record, decoded, bits, {"clean": tiles}, contexts={"clean": templates}, salt=salt)
+        return Item(job, record, decoded, bits, {"clean": tiles}, contexts={"clean": templates}, salt=salt,
+                    lattice_score=score)
 
     def _payload(self, job: Job) -> tuple[int | None, str | None]:
         """The payload's value and canonical text (None, None without one); a payload that does

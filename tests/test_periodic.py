@@ -78,6 +78,14 @@ def test_salt_depends_on_content_and_payload_not_on_chance():
     assert 0 <= a < c.salt_count == 256
 
 
+def test_salted_codec_keeps_no_key():
+    import pickle
+    secret = b"a-secret-key-of-the-user-0123456789"
+    c = codec(secret)
+    assert secret not in pickle.dumps(c) and "<secret>" in repr(c)
+    assert np.array_equal(c.encode(PAYLOAD, 7), codec(secret).encode(PAYLOAD, 7))
+
+
 def test_salted_codec_rejects_a_code_that_does_not_fit():
     with pytest.raises(ValueError, match="do not hold"):
         SaltedCodec(128, choose_ecc(128), PeriodicLayout(), "k")

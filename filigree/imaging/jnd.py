@@ -30,7 +30,7 @@ BACKGROUND_WINDOW = 5
 class JndConfig:
     """How the JND map becomes a mark's amplitude map (`mark_weights`)."""
 
-    flat_share: float = 0.35
+    flat_share: float = 0.1
     """Share of the luminance-adaptation threshold kept where there is no texture, in [0, 1]."""
     contrast_gain: float = 0.117
     """Contrast-masking slope on the mean gradient magnitude (Yang et al. 2005)."""

@@ -76,10 +76,10 @@ def synchronise(
     templates: float [T, n, n] sync templates of the key (`sync_templates`) or their
     `template_bank`. For each of the best `max_lattices` lattices of the autocorrelation
     (Kutter 1998) the whitened image is folded and registered against the templates
-    (Pereira & Pun 2000). `layout_period` (input pixels) adds one hypothesis first: the image
-    as marked, unedited (a square lattice of that period at pixel (0, 0)), which needs no
-    autocorrelation peak. A read that tries these hypotheses must count them all in its
-    p-value (each is one aligned tile). An image too small, too thin or flat to hold a lattice
+    (Pereira & Pun 2000), and so is the best lattice halved. `layout_period` (input pixels)
+    adds one hypothesis first: the image as marked, unedited (a square lattice of that period
+    at pixel (0, 0)), which needs no autocorrelation peak. At most max_lattices + 2 hypotheses;
+    a read that tries them must count them all in its p-value (each is one aligned tile). An image too small, too thin or flat to hold a lattice
     gives []; a malformed array raises ValueError.
     """
     luma, scale = analysis_luma(pixels)
@@ -96,8 +96,14 @@ def synchronise(
         basis = np.diag([layout_period * scale[0], layout_period * scale[1]])
         origin = (0.5 * scale[0] - 0.5, 0.5 * scale[1] - 0.5)
         hypotheses.append(register(w64, basis, bank, scale, origin, lattice_score=0.0))
-    for lattice in lattice_candidates(ac, scale, max_lattices):
+    lattices = lattice_candidates(ac, scale, max_lattices)
+    for lattice in lattices:
         hypotheses.append(register(w64, lattice.basis, bank, scale, lattice_score=lattice.score))
+    if lattices and np.hypot(*lattices[0].basis[0]) >= 2 * MIN_LAG:
+        # the best lattice's half: edits such as a rotation with cut corners can leave the
+        # autocorrelation's peaks at every second period stronger than those at the first
+        half = lattices[0].basis / 2.0
+        hypotheses.append(register(w64, half, bank, scale, lattice_score=lattices[0].score))
     hypotheses.sort(key=lambda h: -h.z)
     return hypotheses
 
