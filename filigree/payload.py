@@ -259,8 +259,8 @@ def choose_ecc(raw_bits: int) -> EccSpec:
     Among m in [5, 7] (codewords of at most 127 bits; longer raw vectors repeat the codeword),
     pick the largest t whose code keeps a rate of at least 1/2 (data bits >= parity bits) and
     fits ``min(raw_bits, 2^m - 1)``; ties go to more data bits, then to the smaller m. This
-    gives 100 -> (m=7, t=7, 51 data bits), 64 -> (6, 5, 32), 32 -> (5, 3, 16) and
-    >= 127 -> (7, 10, 64).
+    gives 100 -> (m=7, t=7, 51 data bits), 120 -> (7, 9, 64) (the periodic layout's 128 raw
+    bits less 8 salt bits), 64 -> (6, 5, 32), 32 -> (5, 3, 16) and >= 127 -> (7, 10, 64).
     """
     best: tuple[int, int, int] | None = None
     for m in range(_MIN_M, _MAX_M + 1):

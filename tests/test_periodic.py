@@ -47,7 +47,8 @@ def codec(key="k"):
 
 
 def test_default_periodic_code_carries_64_data_bits():
-    assert choose_ecc(120).data_bits == 64
+    spec = choose_ecc(120)
+    assert (spec.m, spec.t, spec.data_bits, spec.ecc_bits) == (7, 9, 64, 56)
     assert codec().data_bits == 64
 
 
