@@ -10,7 +10,7 @@ earlier image and one in 1,000 has no payload), and read by a glob. Two pipeline
 in a fresh process on Beam's DirectRunner:
 
 * **job**: the job's input stage, `pipeline.graph.plan_inputs` (what `Watermark` runs before
-  decoding): `ListInputs` (the manifest read in parallel blocks, `pipeline.planning.ReadManifest`;
+  decoding, there in the same step as decoding): `ListInputs` (the manifest read in parallel blocks, `pipeline.planning.ReadManifest`;
   no listing, since the manifest names the images) and `PlanJobs`, ending in a count of Jobs plus
   records, which must equal the number of rows (every row accounted for);
 * **run**: the whole job, `pipeline.run.main` (`python -m pipeline.run --verify none`), over

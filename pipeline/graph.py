@@ -65,15 +65,15 @@ from pipeline.manifest import InputSpec
 from pipeline.marking import MarkAndWrite
 from pipeline.options import RunConfig
 from pipeline.planning import Item, Job, ListInputs, PlanJobs, key_path
-from pipeline.prepare import Prepare
-from pipeline.records import full_record, lean_record, new_record
+from pipeline.prepare import PlanAndPrepare, Prepare
+from pipeline.records import Record, new_record
 from pipeline.verify import ReadBack
 
 LOG = logging.getLogger("filigree")
 
-DEAD_LETTER_CODES = {"plan": "internal_error", "decode": "internal_error", "embed": "inference_failed",
+DEAD_LETTER_CODES = {"plan": "internal_error", "prepare": "internal_error", "embed": "inference_failed",
                      "mark": "mark_failed", "extract": "inference_failed", "read": "readback_failed"}
-_STAGE_TEXT = {"plan": "planning", "decode": "reading or decoding", "embed": "embedding inference",
+_STAGE_TEXT = {"plan": "planning", "prepare": "planning, reading or decoding", "embed": "embedding inference",
                "mark": "marking", "extract": "read-back inference", "read": "read-back"}
 
 
@@ -128,25 +128,33 @@ def _side_dead_letters(dlq, stage: str, mode: str, label: str) -> list:
 def guarded(dofn: beam.DoFn, main: str, *side_inputs):
     """ParDo of `dofn` with outputs `main`, 'records' and the dead letters 'bad' (exceptions
     that escape `dofn.process`; its outputs for that element are dropped, not half-emitted)."""
-    return (beam.ParDo(dofn, *side_inputs).with_output_types(Any, records=dict)
+    return (beam.ParDo(dofn, *side_inputs).with_output_types(Any, records=Record)
             .with_outputs("records", main=main).with_exception_handling())
 
 
 def to_records(dead_letters, stage: str, mode: str, label: str, root: str = ""):
     """Dead letters of `stage` as a PCollection of error records (`root`: the input root that
     planning groups' keys are relative to)."""
-    return dead_letters | label >> beam.FlatMap(dead_letter_records, stage, mode, root)
+    return dead_letters | label >> beam.FlatMap(dead_letter_records, stage, mode, root).with_output_types(Record)
 
 
-def plan_inputs(pbegin, cfg: RunConfig, spec: InputSpec) -> tuple[Any, list]:
+def plan_inputs(pbegin, cfg: RunConfig, spec: InputSpec, prepare: Prepare | None = None) -> tuple[Any, list]:
     """The job's input stage: the manifest's rows and the listing (`ListInputs`) grouped by
     image into Jobs (`PlanJobs`). Returns (PCollection of `Job`, list of record PCollections:
-    bad rows, skipped/duplicate rows, planning failures)."""
+    bad rows, skipped/duplicate rows, planning failures). With `prepare`, each Job goes on into
+    it within the same step (`PlanAndDecode`: one step less per image) and the first element is
+    the PCollection of its (path, Item)s; its records and failures join the list."""
     listed = pbegin | "ListInputs" >> ListInputs(cfg, spec)
-    planned = (listed["groups"]
-               | "PlanJobs" >> guarded(PlanJobs(cfg, spec.root), "jobs", beam.pvalue.AsSingleton(listed["shards"])))
-    return planned.jobs, [listed["records"], planned.records,
-                          to_records(planned.bad, "plan", cfg.mode, "PlanFailures", spec.root)]
+    shards = beam.pvalue.AsSingleton(listed["shards"])
+    if prepare is None:
+        planned = listed["groups"] | "PlanJobs" >> guarded(PlanJobs(cfg, spec.root), "out", shards)
+        stage, label = "plan", "PlanFailures"
+    else:
+        planned = (listed["groups"]
+                   | "PlanAndDecode" >> guarded(PlanAndPrepare(PlanJobs(cfg, spec.root), prepare), "out", shards))
+        stage, label = "prepare", "PlanAndDecodeFailures"
+    return planned.out, [listed["records"], planned.records,
+                         to_records(planned.bad, stage, cfg.mode, label, spec.root)]
 
 
 class Watermark(beam.PTransform):
@@ -159,30 +167,29 @@ class Watermark(beam.PTransform):
     def expand(self, pbegin):
         cfg, size, mode = self.cfg, self.card.working_size, self.cfg.mode
         tiling = self.card.tiling
-        jobs, record_sets = plan_inputs(pbegin, cfg, self.spec)
-        # No reshuffle before decoding: every Job comes out of `GroupByPath`, one key per image, which
-        # already spreads them over the workers (a runner splits a grouping's output by key ranges).
-        prepared = jobs | "Decode" >> guarded(Prepare(cfg, self.codec, size, tiling), "items")
-        record_sets += [prepared.records, to_records(prepared.bad, "decode", mode, "DecodeFailures")]
+        # Planning and decoding in one step, with no reshuffle between: every Job comes out of
+        # `GroupByPath`, one key per image, which already spreads them over the workers (a runner
+        # splits a grouping's output by key ranges).
+        items, record_sets = plan_inputs(pbegin, cfg, self.spec, Prepare(cfg, self.codec, size, tiling))
         extractor = KeyedModelHandler(ExtractorHandler(self.model_dir, cfg.batch_size, cfg.verbose))
         if mode == "embed":
             embedder = KeyedModelHandler(EmbedderHandler(self.model_dir, cfg.batch_size, cfg.verbose))
-            residuals, embed_dlq = prepared.items | "Embed" >> RunInference(embedder).with_exception_handling()
+            residuals, embed_dlq = items | "Embed" >> RunInference(embedder).with_exception_handling()
             marked = residuals | "MarkAndWrite" >> guarded(MarkAndWrite(cfg, self.card, size, self.codec), "items")
             record_sets += [marked.records, to_records(embed_dlq.failed_inferences, "embed", mode, "EmbedFailures"),
                             to_records(marked.bad, "mark", mode, "MarkFailures")]
             to_read = marked.items
         else:
-            to_read = prepared.items
+            to_read = items
         logits, extract_dlq = to_read | "Extract" >> RunInference(extractor).with_exception_handling()
         read, read_bad = (logits
                           | "ReadBack" >> beam.ParDo(ReadBack(self.codec, cfg.fpr, self.model_dir, cfg.reframe, tiling, cfg.verbose))
-                          .with_exception_handling())
+                          .with_output_types(Record).with_exception_handling())
         record_sets += [read, to_records(extract_dlq.failed_inferences, "extract", mode, "ExtractFailures"),
                         to_records(read_bad, "read", mode, "ReadBackFailures")]
         if mode == "embed":
             record_sets += _side_dead_letters(embed_dlq, "embed", mode, "Embed")
         record_sets += _side_dead_letters(extract_dlq, "extract", mode, "Extract")
-        # Records travel lean into the Flatten, which a runner may hold whole (the DirectRunner does).
-        lean = [records | f"Lean{index}" >> beam.Map(lean_record) for index, records in enumerate(record_sets)]
-        return tuple(lean) | "AllRecords" >> beam.Flatten() | "FullRecords" >> beam.Map(full_record)
+        # Every record PCollection is typed `Record`, so that records are encoded lean (`RecordCoder`)
+        # where a runner holds them: the DirectRunner holds the Flatten's inputs whole.
+        return tuple(record_sets) | "AllRecords" >> beam.Flatten().with_output_types(Record)

@@ -26,7 +26,7 @@ from pipeline import storage
 from pipeline.manifest import (BLOCK_BYTES, InputSpec, ManifestRow, has_scheme, is_image_name, normalize, plan_shards,
                                read_block_rows, relative_to, scan_block, shard_blocks)
 from pipeline.options import RunConfig
-from pipeline.records import StepFailure, error_record, ignored_record, skipped_record
+from pipeline.records import Record, StepFailure, error_record, ignored_record, skipped_record
 
 @dataclass(frozen=True)
 class Job:
@@ -156,7 +156,7 @@ class ReadManifest(beam.PTransform):
                  | "AllScans" >> beam.combiners.ToList()
                  | "PlanShards" >> beam.Map(plan_shards))
         read = beam.ParDo(ReadRows(self.root, self.mode), beam.pvalue.AsSingleton(plans))
-        rows = blocks | "ReadRows" >> read.with_output_types(Any, records=dict).with_outputs("records", main="rows")
+        rows = blocks | "ReadRows" >> read.with_output_types(Any, records=Record).with_outputs("records", main="rows")
         shards = plans | "ShardNames" >> beam.Map(lambda by_path: tuple(sorted(by_path)))
         return {"rows": rows.rows, "records": rows.records, "shards": shards}
 
@@ -210,7 +210,7 @@ class ListInputs(beam.PTransform):
         groups = (keyed[0] if len(keyed) == 1 else tuple(keyed) | "Inputs" >> beam.Flatten()) \
             | "GroupByPath" >> beam.GroupByKey()
         if not records:
-            records.append(pbegin | "NoManifestErrors" >> beam.Create([]))
+            records.append(pbegin | "NoManifestErrors" >> beam.Create([]).with_output_types(Record))
             shards = pbegin | "NoManifest" >> beam.Create([()])
         return {"groups": groups, "records": records[0], "shards": shards}
 

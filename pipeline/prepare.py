@@ -14,7 +14,7 @@ from filigree.tiling import Tiling, read_views, tile_views
 from pipeline import storage
 from pipeline.decoding import DecodeWorker
 from pipeline.options import RunConfig
-from pipeline.planning import Item, Job, existing_output, output_path
+from pipeline.planning import Item, Job, PlanJobs, existing_output, output_path
 from pipeline.progress import NAMESPACE
 from pipeline.records import StepFailure, new_record, skipped_record
 from pipeline.verify import search_copy
@@ -116,6 +116,28 @@ class Prepare(beam.DoFn):
             raise StepFailure("too_large", "not enough memory to decode this image") from None
         except Exception as exc:  # noqa: BLE001 - a decoder bug on hostile input is this image's error
             raise StepFailure("corrupt", f"cannot decode image: {type(exc).__name__}: {exc}"[:300]) from None
+
+
+class PlanAndPrepare(beam.DoFn):
+    """`PlanJobs` and `Prepare` in one step: a group of listing hits and manifest rows -> (path,
+    Item) for its Job, or records (tag 'records'). An exception that escapes either fails the
+    whole group, and its dead letter (the group) becomes a record per row."""
+
+    def __init__(self, plan: PlanJobs, prepare: Prepare):
+        self.plan, self.prepare = plan, prepare
+
+    def setup(self):
+        self.prepare.setup()
+
+    def teardown(self):
+        self.prepare.teardown()
+
+    def process(self, element, shards=()):
+        for out in self.plan.process(element, shards):
+            if isinstance(out, Job):
+                yield from self.prepare.process(out)
+            else:
+                yield out
 
 
 def decode_with_timeout(data: bytes, max_pixels: int, timeout_s: float,

@@ -25,7 +25,7 @@ def filesystem(path: str):
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.options.value_provider import RuntimeValueProvider
 
-    scheme = FileSystems.get_scheme(path)
+    scheme = FileSystems.get_scheme(path) if "://" in path else None  # a scheme is written `name://`
     options = FileSystems._pipeline_options or RuntimeValueProvider.runtime_options  # as get_filesystem does
     cached = _FILESYSTEMS.get(scheme)
     if cached is None or cached[0] is not options:

@@ -318,7 +318,7 @@ def expected_config(args: list[str]) -> dict:
     return dataclasses.asdict(parse_run_args(args)[0])
 
 
-STEPS = {"Watermark/ListInputs", "Watermark/PlanJobs", "Watermark/Decode", "Watermark/Extract",
+STEPS = {"Watermark/ListInputs", "Watermark/PlanAndDecode", "Watermark/Extract",
          "Watermark/ReadBack", "Watermark/AllRecords", "RecordsToJson", "WriteRecords", "Summarize",
          "WriteSummary"}
 

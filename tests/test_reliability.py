@@ -548,6 +548,14 @@ def test_failed_step_then_rerun_leaves_exactly_one_correct_output(small_folder, 
     assert sorted(tree(out / "marked")) == ["a.png", "b.jpg", "c.gif.png"]
 
 
+def _marked_small_folder(small_folder, out) -> dict[str, dict]:
+    """Embed into `small_folder` (payload 1, no verification); its records by file name, one per image."""
+    assert main(["--input", str(small_folder), "--payload", "1", "--output", str(out), "--verify", "none", "--min_psnr", "0"]) == 0
+    records = {os.path.basename(r["image"]): r for r in read_records(out)}
+    assert set(records) == {"a.png", "b.jpg", "c.gif"}
+    return records
+
+
 def test_unexpected_exceptions_become_error_records(small_folder, tmp_path, monkeypatch):
     """An encoder failure on one image (handled by the step) and an exception escaping the step
     on another (a dead letter): every image still gets exactly one record with a code, no file is
@@ -563,9 +571,7 @@ def test_unexpected_exceptions_become_error_records(small_folder, tmp_path, monk
     escaping = _raise_outside_handlers(marking.MarkAndWrite.process, "a.png")
     monkeypatch.setattr(marking.MarkAndWrite, "process", escaping)
     out = tmp_path / "out"
-    assert main(["--input", str(small_folder), "--payload", "1", "--output", str(out), "--verify", "none", "--min_psnr", "0"]) == 0
-    records = {os.path.basename(r["image"]): r for r in read_records(out)}
-    assert set(records) == {"a.png", "b.jpg", "c.gif"}
+    records = _marked_small_folder(small_folder, out)
     assert (records["a.png"]["status"], records["a.png"]["error_code"]) == ("error", "mark_failed")
     assert "injected escape" in records["a.png"]["error"]
     assert (records["b.jpg"]["status"], records["b.jpg"]["error_code"]) == ("error", "encode_failed")
@@ -575,6 +581,37 @@ def test_unexpected_exceptions_become_error_records(small_folder, tmp_path, monk
     assert records["c.gif"]["status"] == "ok"
     assert sorted(tree(out / "marked")) == ["c.gif.png"]
     assert read_summary(out)["counts"] == {"total": 3, "ok": 1, "error": 2, "skipped": 0, "ignored": 0}
+
+
+def test_an_exception_escaping_decoding_gives_its_image_one_record(small_folder, tmp_path, monkeypatch):
+    """Planning and decoding run in one step: an exception escaping it for one image (its group
+    is the dead letter) becomes that image's `internal_error` record; the others go on."""
+    real_process = prepare.Prepare.process
+
+    def escaping(self, job):
+        if job.path.endswith("b.jpg"):
+            raise KeyError("injected escape from decoding")
+        yield from real_process(self, job)
+
+    monkeypatch.setattr(prepare.Prepare, "process", escaping)
+    out = tmp_path / "out"
+    records = _marked_small_folder(small_folder, out)
+    assert (records["b.jpg"]["status"], records["b.jpg"]["error_code"]) == ("error", "internal_error")
+    assert "planning, reading or decoding failed unexpectedly" in records["b.jpg"]["error"]
+    assert records["a.png"]["status"] == records["c.gif"]["status"] == "ok"
+
+
+def test_records_are_encoded_lean_and_decoded_whole():
+    from apache_beam.coders import FastPrimitivesCoder
+
+    from pipeline.records import RecordCoder, error_record
+
+    record = error_record("/in/a.jpg", "embed", "not_found", "image file not found", line=7, payload="0a")
+    coder = RecordCoder()
+    assert coder.decode(coder.encode(record)) == record
+    assert len(coder.encode(record)) < len(FastPrimitivesCoder().encode(record)) / 1.5
+    marked = {**record, "status": "ok", "error_code": None, "error": None, "psnr": 41.5, "attacks": {"clean": {}}}
+    assert coder.decode(coder.encode(marked)) == marked
 
 
 def _raise_outside_handlers(process, victim):
