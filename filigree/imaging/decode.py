@@ -537,20 +537,22 @@ def _estimate_jpeg_quality(im: Image.Image) -> int | None:
     tables = getattr(im, "quantization", None)
     if not tables or 0 not in tables or len(tables[0]) != 64:
         return None
-    table = sorted(int(v) for v in tables[0])
-    errors = [sum(abs(a - b) for a, b in zip(table, ref)) for ref in _ijg_tables()]
-    return 1 + errors.index(min(errors))
+    table = np.sort(np.asarray([int(v) for v in tables[0]], dtype=np.int64))
+    errors = np.abs(_ijg_tables() - table).sum(axis=1)
+    return 1 + int(np.argmin(errors))  # the lowest quality among equally close ones
 
 
 @functools.cache
-def _ijg_tables() -> tuple[tuple[int, ...], ...]:
-    """Sorted IJG luminance tables for qualities 1..100."""
+def _ijg_tables() -> np.ndarray:
+    """int64 [100, 64]: the sorted IJG luminance tables of qualities 1..100, row by row."""
     tables = []
     for quality in range(1, 101):
         scale = 5000 // quality if quality < 50 else 200 - 2 * quality
         scaled = (min(255, max(1, (q * scale + 50) // 100)) for q in _IJG_LUMA_TABLE)
-        tables.append(tuple(sorted(scaled)))
-    return tuple(tables)
+        tables.append(sorted(scaled))
+    out = np.asarray(tables, dtype=np.int64)
+    out.flags.writeable = False
+    return out
 
 
 def _webp_is_lossless(data: bytes) -> bool:

@@ -155,16 +155,25 @@ class _Lerp:
             self.full = full
             return
         x0, x1, wx = _lerp_coords(src_w, width)
-        rows = np.ascontiguousarray(plane[:, x0], dtype=np.float32)
-        rows += (plane[:, x1] - rows) * wx
+        plane = np.ascontiguousarray(plane, dtype=np.float32)
+        # plane[:, x1] - plane[:, x0] is a source column step (zero where the edge clamps):
+        # one gather of the steps instead of two gathers and a full-width subtraction
+        steps = np.zeros((src_h, src_w + 1), np.float32)
+        np.subtract(plane[:, 1:], plane[:, :-1], out=steps[:, :src_w - 1])
+        rows = np.take(plane, x0, axis=1)
+        step = np.take(steps, np.where(x1 == x0, src_w, x0), axis=1)
+        step *= wx
+        rows += step
+        del step
         rows *= np.float32(scale)
-        self.diffs = np.concatenate([rows[1:] - rows[:-1], np.zeros((1, width), np.float32)])
-        rows += np.float32(offset)
-        self.rows = rows
+        self.rows, self.offset = rows, np.float32(offset)
         y0, y1, self.wy = _lerp_coords(src_h, height)
         # runs of output rows that share their two source rows: (first row, source row, lerp?)
         starts = np.r_[0, np.flatnonzero(np.diff(y0 * (src_h + 1) + y1)) + 1]
         self.runs = [(int(r), int(y0[r]), bool(y0[r] != y1[r])) for r in starts] + [(height, 0, False)]
+        self.source = -1
+        self.row_diff = np.empty(width, np.float32)
+        self.row_base = np.empty(width, np.float32)
         self.cursor = 0
 
     def fill(self, start: int, stop: int, out: np.ndarray, scratch: np.ndarray) -> np.ndarray:
@@ -184,17 +193,29 @@ class _Lerp:
             first, source, lerp = runs[index]
             end = min(stop, runs[index + 1][0])
             dest = out[row - start:end - start]
+            diff, base = self._source_row(source, lerp)
             if lerp:
                 tmp = scratch[row - start:end - start]
-                np.multiply.outer(self.wy[row:end], self.diffs[source], out=tmp)
-                np.add(tmp, self.rows[source], out=dest, casting="unsafe")
+                np.multiply.outer(self.wy[row:end], diff, out=tmp)
+                np.add(tmp, base, out=dest, casting="unsafe")
             else:
-                np.copyto(dest, self.rows[source], casting="unsafe")
+                np.copyto(dest, base, casting="unsafe")
             row = end
             if row == runs[index + 1][0]:
                 index += 1
         self.cursor = index
         return out
+
+    def _source_row(self, source: int, lerp: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(next row - this row, this row + offset) of scaled source row ``source``: made per
+        run of output rows (a run that spans two tiles reuses them) rather than kept for all."""
+        if source != self.source:
+            rows = self.rows
+            if lerp:
+                np.subtract(rows[source + 1], rows[source], out=self.row_diff)
+            np.add(rows[source], self.offset, out=self.row_base)
+            self.source = source if lerp else -1
+        return self.row_diff, self.row_base
 
 
 def _add_u8(pixels: np.ndarray, planes: list[_Lerp]) -> np.ndarray:
