@@ -34,17 +34,19 @@ def embedded(bundle, tmp_path_factory):
     Image.open(samples / "opencv_building.jpg").resize((100, 70)).save(inputs / "tiny.png")
     out = root / "out"
     code = main(["--input", str(inputs), "--output", str(out), "--payload", PAYLOAD, "--model", bundle,
-                 "--key", "pipeline-key", "--verify", "attacks", "--attacks", "jpeg:75,rotate:2,offcrop:0.64,mirror"])
+                 "--key", "pipeline-key", "--verify", "attacks", "--attacks", "jpeg:75,rotate:2,mirror"])
     return {"code": code, "out": out, "inputs": inputs,
             "records": {os.path.basename(r["image"]): r for r in read_records(out)}}
 
 
 def test_embed_reads_back_after_geometric_attacks(embedded):
-    """Both photos read back clean and mirrored; the building also after a rotation and an
-    off-centre crop. The aloe, a dense texture at 800 x 692, does not: its autocorrelation
-    hides the lattice once rotated or cropped (docs/sync.md)."""
+    """Both photos read back clean and mirrored; the building also after JPEG q75 and a
+    rotation. The aloe, a dense texture at 800 x 692, does not read rotated: its
+    autocorrelation hides the lattice (docs/sync.md). (Off-centre crops are read in
+    `test_extract_mode_reads_edited_copies`, at fixed positions: `offcrop` places its crop by a
+    seed drawn from the image's path, which changes with the temporary folder.)"""
     assert embedded["code"] == 0
-    for name, attacks in (("building.jpg", ("jpeg:75", "rotate:2", "offcrop:0.64", "mirror")), ("aloe.png", ("mirror",))):
+    for name, attacks in (("building.jpg", ("jpeg:75", "rotate:2", "mirror")), ("aloe.png", ("mirror",))):
         record = embedded["records"][name]
         assert record["status"] == "ok" and record["decoded"] == PAYLOAD, record
         assert record["psnr"] >= 38.0
