@@ -30,6 +30,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from quality import list_photos  # noqa: E402
+
 from filigree import Watermarker  # noqa: E402
 from filigree.imaging.jnd import box_mean  # noqa: E402
 
@@ -38,13 +40,12 @@ HELD_OUT = Path(__file__).resolve().parent / "photos"
 SIZE = (1024, 768)
 PAYLOAD_VALUE = 0x5EED0F00DCAFE123
 """The one payload every marked image carries (its low `data_bits` bits for smaller models)."""
-SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def photos(folder: Path, count: int) -> list[np.ndarray]:
     """uint8 RGB [768, 1024, 3] of the first `count` photos of a folder (sorted by name)."""
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in SUFFIXES)[:count]
-    return [np.asarray(Image.open(p).convert("RGB").resize(SIZE, Image.Resampling.LANCZOS)) for p in paths]
+    return [np.asarray(Image.open(p).convert("RGB").resize(SIZE, Image.Resampling.LANCZOS))
+            for p in list_photos(folder)[:count]]
 
 
 def payload_for(wm: Watermarker) -> str:

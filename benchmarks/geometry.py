@@ -31,15 +31,14 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from quality import list_photos  # noqa: E402
 from sync import EDITS, PHOTO_DIR  # noqa: E402
 
 from filigree import Watermarker  # noqa: E402
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff")
-
 
 def load_photos(folder: Path, count: int, stride: int) -> list[tuple[str, Image.Image]]:
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[::stride][:count]
+    paths = list_photos(folder)[::stride][:count]
     return [(p.name, Image.open(p).convert("RGB")) for p in paths]
 
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from filigree.detection import ReadResult
 from filigree.imaging.jnd import JndConfig, mark_weights
+from filigree.imaging.pixels import LUMA
 from filigree.payload import EccSpec, PayloadCodec, Scrambler, _key_bytes
 from filigree.sync import period_for, sync_templates, synchronise, template_bank, tile_pattern
 from filigree.sync.templates import PERIOD_DIVISOR, PERIOD_RANGE, TILE_SIZE
@@ -34,7 +35,6 @@ LAYOUT_KIND = "periodic"
 MIN_PERIODS = 2
 """Fewest whole periods along an image's shorter side for its mark to be readable: smaller
 images are refused (`too_small`) rather than marked unreadably."""
-LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -171,7 +171,7 @@ class SaltedCodec:
             self._inner[salt] = codec
         return codec
 
-    def salt_for(self, value: int, content: bytes) -> int:
+    def salt_for(self, value: int, content: bytes | memoryview) -> int:
         """The salt of one marking: HMAC-SHA256(key, content digest | payload value), so re-runs
         on the same pixels give the same mark and different images different ones."""
         digest = hashlib.sha256(content).digest()
@@ -238,7 +238,7 @@ def eight_bit_scale(pixels: np.ndarray) -> np.ndarray:
 def luma_of(pixels: np.ndarray) -> np.ndarray:
     """float32 [H, W] luma in 8-bit grey levels of native pixels (uint8 RGB/grey, uint16 grey)."""
     if pixels.ndim == 3:
-        return pixels[..., :3].astype(np.float32) @ LUMA_WEIGHTS
+        return pixels[..., :3].astype(np.float32) @ LUMA
     scale = 255.0 / 65535.0 if pixels.dtype == np.uint16 else 1.0
     return pixels.astype(np.float32) * np.float32(scale)
 
@@ -262,7 +262,7 @@ class PeriodicMarker:
     def salted_bits(self, pixels: np.ndarray, payload: str | int) -> tuple[np.ndarray, int]:
         """(raw bits float32 [L], salt) of a payload for these native pixels."""
         value = self.codec.parse(payload)
-        salt = self.codec.salt_for(value, np.ascontiguousarray(pixels).tobytes())
+        salt = self.codec.salt_for(value, memoryview(np.ascontiguousarray(pixels)).cast("B"))
         return self.codec.encode(value, salt), salt
 
     def mixed_tile(self, payload_tile: np.ndarray, salt: int) -> np.ndarray:
@@ -288,18 +288,17 @@ class PeriodicMarker:
         return self.residual_from_tile(pixels, tile, salt)
 
     # -- read --------------------------------------------------------------------------------
-    def read_views(self, pixels: np.ndarray | Any) -> tuple[np.ndarray, tuple[int, ...]]:
+    def read_views(self, pixels: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
         """(aligned tiles float32 [K, n, n], their template indices) of every sync hypothesis
-        of native pixels (8-bit scale) or a PIL image; K may be 0 (`read_views_scored`)."""
+        of native pixels (8-bit scale); K may be 0 (`read_views_scored`)."""
         tiles, templates, _ = self.read_views_scored(pixels)
         return tiles, templates
 
-    def read_views_scored(self, pixels: np.ndarray | Any) -> tuple[np.ndarray, tuple[int, ...], float]:
+    def read_views_scored(self, pixels: np.ndarray) -> tuple[np.ndarray, tuple[int, ...], float]:
         """`read_views` and the best autocorrelation lattice score (0 without a lattice), the
         key-less presence statistic of `filigree.presence.existing_periodic_mark`."""
-        shape = getattr(pixels, "shape", None) or tuple(reversed(pixels.size))
         hypotheses = synchronise(pixels, self.bank, self.layout.max_lattices,
-                                 layout_period=period_for(*shape[:2]))
+                                 layout_period=period_for(*pixels.shape[:2]))
         n = self.layout.tile_size
         tiles = np.stack([h.tile for h in hypotheses]).astype(np.float32) if hypotheses \
             else np.zeros((0, n, n), np.float32)
@@ -317,8 +316,8 @@ class PeriodicMarker:
         best = min(range(len(reads)), key=lambda i: reads[i].p_value)
         return reads[best].judged(fpr, reads[best].p_value * self.layout.hypotheses)
 
-    def read_pixels(self, pixels: np.ndarray | Any, expected: str | int | None = None) -> ReadResult:
-        """Read native pixels (8-bit scale) or a PIL image: every sync hypothesis decoded, the
+    def read_pixels(self, pixels: np.ndarray, expected: str | int | None = None) -> ReadResult:
+        """Read native pixels (8-bit scale): every sync hypothesis decoded, the
         one with the smallest p-value kept, priced by `layout.hypotheses` (Bonferroni)."""
         tiles, templates = self.read_views(pixels)
         if not templates:

@@ -2,7 +2,8 @@
 contract (docs/bundle.md), with a linear spread-spectrum code in place of the trained networks.
 
 The generator maps raw bits b to sum_i (2 b_i - 1) B_i over L orthonormal, band-limited (8..24
-cycles per tile) random patterns B_i, scaled to unit RMS; the extractor correlates an aligned
+cycles per tile) random patterns B_i (`training.periodic.spread_spectrum_basis`), scaled to
+unit RMS; the extractor correlates an aligned
 tile with each B_i (a matched filter). That is the textbook code the trained networks replace,
 so every test of the layout, the codec and the reader runs against real model files.
 """
@@ -12,29 +13,17 @@ from __future__ import annotations
 import dataclasses
 import time
 
-import numpy as np
 import tensorflow as tf
 
 from filigree.payload import choose_ecc
 from filigree.periodic import PeriodicLayout
 from training.export import BUNDLE_FORMAT, BUNDLE_VERSION, GeneratorServing, TileExtractorServing, save_bundle
-
-
-def linear_basis(bits: int, size: int = 64, seed: int = 0) -> np.ndarray:
-    """float32 [bits, size, size]: orthonormal patterns limited to 8..24 cycles per tile."""
-    rng = np.random.default_rng(seed)
-    fy = np.fft.fftfreq(size)[:, None] * size
-    fx = np.fft.rfftfreq(size)[None, :] * size
-    band = (np.hypot(fy, fx) >= 8) & (np.hypot(fy, fx) <= 24)
-    spectra = (rng.standard_normal((bits,) + band.shape) + 1j * rng.standard_normal((bits,) + band.shape)) * band
-    patterns = np.fft.irfft2(spectra, s=(size, size)).reshape(bits, -1)
-    q, _ = np.linalg.qr(patterns.T)
-    return q.T.reshape(bits, size, size).astype(np.float32)
+from training.periodic import spread_spectrum_basis
 
 
 def build_linear_periodic_bundle(out_dir: str, bits: int = 128, strength: float = 1.0) -> str:
     """Write the bundle to `out_dir` and return its path."""
-    basis = tf.constant(linear_basis(bits))
+    basis = tf.constant(spread_spectrum_basis(bits, 64, (8.0, 24.0), seed=0))
     layout = PeriodicLayout()
 
     def tile_fn(raw):
