@@ -23,13 +23,12 @@ from PIL import Image
 
 from filigree.bundle import LoadedBundle, load_bundle
 from filigree.imaging.kernels import add_residual, resize_to, to_working_size, upsample_residual, working_view
-from filigree.imaging.pixels import pil_image, pixel_view, raise_block_size
+from filigree.imaging.pixels import LUMA, pil_image, pixel_view, raise_block_size
 from filigree.payload import PayloadCodec, ReadResult
 from filigree.periodic import PeriodicMarker, SaltedCodec, codec_for_card
 from filigree.reframe import SearchConfig, centred_framings, framed_tile_views, framed_views, framings
 from filigree.tiling import decode_grid, decode_tiles, grid_logits, read_views, tile_views, tiled_residual
 
-LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I")
 
 
@@ -133,10 +132,10 @@ def rgb_to_pil(rgb: np.ndarray, alpha: np.ndarray | None, like_mode: str) -> Ima
     palette, CMYK and other modes come back as RGB or RGBA (re-quantising a palette would
     destroy the mark)."""
     if like_mode in _SIXTEEN_BIT:
-        grey = np.rint(np.clip(rgb @ LUMA_WEIGHTS, 0, 1) * 65535.0).astype(np.uint16)
+        grey = np.rint(np.clip(rgb @ LUMA, 0, 1) * 65535.0).astype(np.uint16)
         return Image.fromarray(grey)
     if like_mode in ("L", "LA", "1"):
-        grey = Image.fromarray(np.rint(np.clip(rgb @ LUMA_WEIGHTS, 0, 1) * 255.0).astype(np.uint8), "L")
+        grey = Image.fromarray(np.rint(np.clip(rgb @ LUMA, 0, 1) * 255.0).astype(np.uint8), "L")
         if alpha is not None:
             grey.putalpha(Image.fromarray(alpha, "L"))
         return grey
