@@ -28,7 +28,8 @@ from filigree.detection import ReadResult
 from filigree.imaging.jnd import JndConfig, mark_weights
 from filigree.imaging.pixels import LUMA
 from filigree.payload import EccSpec, PayloadCodec, Scrambler, _key_bytes
-from filigree.sync import period_for, sync_templates, synchronise, template_bank, tile_pattern
+from filigree.sync import (period_for, sync_templates, synchronise, synchronise_scored, template_bank,
+                           tile_pattern)
 from filigree.sync.templates import PERIOD_DIVISOR, PERIOD_RANGE, TILE_SIZE
 
 LAYOUT_KIND = "periodic"
@@ -290,20 +291,22 @@ class PeriodicMarker:
     # -- read --------------------------------------------------------------------------------
     def read_views(self, pixels: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
         """(aligned tiles float32 [K, n, n], their template indices) of every sync hypothesis
-        of native pixels (8-bit scale); K may be 0 (`read_views_scored`)."""
-        tiles, templates, _ = self.read_views_scored(pixels)
-        return tiles, templates
-
-    def read_views_scored(self, pixels: np.ndarray) -> tuple[np.ndarray, tuple[int, ...], float]:
-        """`read_views` and the best autocorrelation lattice score (0 without a lattice), the
-        key-less presence statistic of `filigree.presence.existing_periodic_mark`."""
+        of native pixels (8-bit scale); K may be 0."""
         hypotheses = synchronise(pixels, self.bank, self.layout.max_lattices,
                                  layout_period=period_for(*pixels.shape[:2]))
+        return self._tiles(hypotheses), tuple(h.template for h in hypotheses)
+
+    def read_views_scored(self, pixels: np.ndarray) -> tuple[np.ndarray, tuple[int, ...], float]:
+        """`read_views` and the image's key-less periodicity score (`filigree.sync.periodicity`:
+        0 without a lattice), the presence statistic of `filigree.presence.existing_periodic_mark`."""
+        hypotheses, score = synchronise_scored(pixels, self.bank, self.layout.max_lattices,
+                                               layout_period=period_for(*pixels.shape[:2]))
+        return self._tiles(hypotheses), tuple(h.template for h in hypotheses), score
+
+    def _tiles(self, hypotheses) -> np.ndarray:
         n = self.layout.tile_size
-        tiles = np.stack([h.tile for h in hypotheses]).astype(np.float32) if hypotheses \
+        return np.stack([h.tile for h in hypotheses]).astype(np.float32) if hypotheses \
             else np.zeros((0, n, n), np.float32)
-        score = max((h.lattice_score for h in hypotheses), default=0.0)
-        return tiles, tuple(h.template for h in hypotheses), float(score)
 
     def decode_views(self, logits: np.ndarray, templates: tuple[int, ...],
                      expected: str | int | None = None, fpr: float | None = None) -> ReadResult:

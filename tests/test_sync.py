@@ -26,6 +26,8 @@ from filigree.sync import (
     undo_dihedral,
     whiten,
 )
+from filigree.sync import analysis_luma, comb_lattices, refine_lattice, template_bank
+from filigree.sync.reader import register
 from filigree.sync.templates import radial_band
 
 KEY = b"test-key"
@@ -148,11 +150,13 @@ def test_synchronise_recovers_the_geometry_after_an_edit(templates, edit):
 
 def test_unedited_read_has_the_tile_upright_at_the_origin(templates):
     image, period = marked_image(templates, seed=2)
-    best = synchronise(np.asarray(image), templates)[0]
+    hypotheses = synchronise(np.asarray(image), templates)
+    best = hypotheses[0]
     assert best.template == TEMPLATE
     np.testing.assert_allclose(best.basis, period * np.eye(2), rtol=0.005, atol=0.3)
     assert np.all(phase_error(best, np.eye(2), np.zeros(2), period) <= 0.5)
-    assert best.lattice.shape == (2, 2) and best.lattice_score > 0
+    assert best.lattice.shape == (2, 2)
+    assert max(h.lattice_score for h in hypotheses) > 8.0  # the spectral comb found it too
 
 
 # Under no mark the winning z is the maximum over lattices x 16 templates x 8 transforms x 4096
@@ -251,3 +255,55 @@ def test_whiten_zeroes_flat_margins():
     assert np.isfinite(w).all() and w.dtype == np.float32
     assert np.all(w[:20] == 0) and np.all(w[:, :20] == 0)
     assert w[45:75, 45:95].std() > 0.3
+
+
+# -- the spectral comb and the lattice refinement -----------------------------------------------
+def _lattice_of(basis: np.ndarray) -> tuple[float, float]:
+    """(period, angle in degrees folded to [-45, 45)) of a square lattice's first vector."""
+    v = np.asarray(basis)[0]
+    angle = (np.degrees(np.arctan2(v[1], v[0])) + 45.0) % 90.0 - 45.0
+    return float(np.hypot(*v)), float(angle)
+
+
+@pytest.mark.parametrize("edit", ["crop at odd offset", "rotation 2°", "rescale 0.7", "turn 90°"])
+def test_comb_finds_the_period_and_angle(templates, edit):
+    image, period = marked_image(templates)
+    edited, matrix, _ = EDITS[edit](image)
+    w = whiten(analysis_luma(np.asarray(edited))[0])
+    found = comb_lattices(w, (1.0, 1.0), 3)
+    assert found and found[0].score > 8.0
+    true_period, true_angle = _lattice_of((period * matrix).T)
+    got_period, got_angle = _lattice_of(found[0].basis)
+    assert abs(got_period / true_period - 1) < 0.004, (got_period, true_period)
+    assert abs(got_angle - true_angle) < 0.15 or abs(got_angle + true_angle) < 0.15, (got_angle, true_angle)
+
+
+def test_comb_reports_no_lattice_on_unmarked_textures_nor_their_jpeg_block_grid():
+    image = Image.fromarray(np.clip(np.rint(texture(3)), 0, 255).astype(np.uint8))
+    import io
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=40)
+    for pixels in (np.asarray(image), np.asarray(Image.open(buffer))):
+        w = whiten(analysis_luma(pixels)[0])
+        assert comb_lattices(w, (1.0, 1.0), 3) == []
+
+
+def test_refine_lattice_corrects_a_slightly_wrong_period(templates):
+    image, period = marked_image(templates)
+    w = whiten(analysis_luma(np.asarray(image))[0]).astype(np.float64)
+    bank = template_bank(templates)
+    off = period * 1.004 * np.eye(2)  # 0.4 % long: a quarter tile sample of drift per period
+    rough = register(w, off, bank, (1.0, 1.0))
+    refined = refine_lattice(w, off, bank, rough)
+    assert refined is not None
+    before = np.abs(off - period * np.eye(2)).max()
+    assert np.abs(refined - period * np.eye(2)).max() < before / 3, refined
+    assert register(w, refined, bank, (1.0, 1.0)).z > rough.z
+
+
+def test_luma_of_a_pillow_rgbx_view_equals_that_of_a_copy():
+    from filigree.watermarker import image_pixels
+    image = Image.fromarray(np.clip(np.rint(texture(6, 64, 96)), 0, 255).astype(np.uint8)).convert("RGB")
+    view = image_pixels(image)[0]
+    assert not view.flags.c_contiguous  # Pillow's 4-byte pixels, seen as RGB
+    np.testing.assert_array_equal(analysis_luma(view)[0], analysis_luma(np.ascontiguousarray(view))[0])

@@ -2,14 +2,24 @@
 
 Embed side: `sync_template` (key-derived templates), `period_for`, `tile_pattern` (the tile
 laid out periodically over the image). Read side, in order: `analysis_luma`, `whiten`,
-`autocorrelation`, `lattice_candidates`, `fold`, `locate_template`, `align`; `synchronise`
-runs them all and returns `SyncHypothesis` objects.
+`comb_lattices` (the lattice from the spectrum), `fold`, `locate_template`, `align`,
+`refine_lattice`; `synchronise` runs them all and returns `SyncHypothesis` objects. The
+autocorrelation's lattices (`autocorrelation`, `lattice_candidates`) give the key-less
+`periodicity` score and, with `synchronise(..., wide=True)`, lattices at any angle.
 """
 
 from filigree.sync.analysis import analysis_luma, autocorrelation, whiten
+from filigree.sync.comb import comb_lattices
 from filigree.sync.fold import TemplateMatch, align, fold, locate_template, template_bank
 from filigree.sync.lattice import Lattice, lattice_candidates
-from filigree.sync.reader import SyncHypothesis, embedded_geometry, synchronise
+from filigree.sync.reader import (
+    SyncHypothesis,
+    embedded_geometry,
+    periodicity,
+    refine_lattice,
+    synchronise,
+    synchronise_scored,
+)
 from filigree.sync.templates import (
     TEMPLATE_COUNT,
     TILE_SIZE,
@@ -23,7 +33,8 @@ from filigree.sync.templates import (
 
 __all__ = [
     "TEMPLATE_COUNT", "TILE_SIZE", "Lattice", "SyncHypothesis", "TemplateMatch", "align",
-    "analysis_luma", "autocorrelation", "dihedral", "embedded_geometry", "fold",
-    "lattice_candidates", "locate_template", "period_for", "sync_template", "sync_templates", "synchronise",
+    "analysis_luma", "autocorrelation", "comb_lattices", "dihedral", "embedded_geometry", "fold",
+    "lattice_candidates", "locate_template", "period_for", "periodicity", "refine_lattice", "sync_template",
+    "sync_templates", "synchronise", "synchronise_scored",
     "template_bank", "tile_pattern", "undo_dihedral", "whiten",
 ]

@@ -38,13 +38,16 @@ _FIT_MIN_Z = 3.0
 
 @dataclass(frozen=True)
 class Lattice:
-    """A square period lattice found in an analysis image."""
+    """A square period lattice found in an analysis image (by the autocorrelation or by the
+    spectral comb)."""
 
     basis: np.ndarray
     """float64 [2, 2]: rows v1, v2 = period vectors (dy, dx) in analysis pixels."""
     score: float
-    """Summed prominence (z-score above its radial neighbours) of the autocorrelation at the
-    lattice's points up to six periods out, over the square root of their number."""
+    """How strongly the image holds it: from `lattice_candidates`, the summed prominence
+    (z-score above its radial neighbours) of the autocorrelation at the lattice's points up to
+    six periods out, over the square root of their number; from `comb_lattices`, the comb
+    z-score of its spectral points."""
 
 
 def _turn(v: np.ndarray) -> np.ndarray:

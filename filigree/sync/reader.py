@@ -8,12 +8,23 @@ import numpy as np
 from PIL import Image
 
 from filigree.sync.analysis import analysis_luma, autocorrelation, whiten
-from filigree.sync.fold import align, fold, locate_template, template_bank
+from filigree.sync.comb import comb_lattices
+from filigree.sync.fold import align, fold, locate_template, template_bank, template_shift
 from filigree.sync.lattice import MIN_LAG, lattice_candidates
 from filigree.sync.templates import dihedral
 
+JPEG_BLOCK = 8
+"""Side of a JPEG block in input pixels: the block grid's spectral lines (and any other strong
+line) are notched before the lattice search (`autocorrelation`)."""
 MIN_ANALYSIS_SIDE = 4 * MIN_LAG
 """Shorter analysis side below which there is no lattice to find."""
+RELATIVE_SCORE = 0.3
+"""Comb lattices scoring under this share of the best one are not registered (a strong mark's
+lattice leaves weak echoes, such as its 2/3 harmonic, that never beat it)."""
+REFINE_MIN_Z = 6.0
+"""A found lattice whose template z reaches this is refined (`refine_lattice`)."""
+QUADRANT_MIN_Z = 4.0
+"""Template z each half image's fold needs for the refinement (`refine_lattice`)."""
 
 
 @dataclass(frozen=True)
@@ -39,7 +50,8 @@ class SyncHypothesis:
     """float64 [2, 2]: rows b1, b2 = input-pixel displacement of one period along the
     embedded tile's rows and columns (P times the edit's linear map, for a P-pixel layout)."""
     lattice_score: float
-    """Mean autocorrelation z-score at the lattice's points."""
+    """The lattice's search score: its spectral comb z-score (`comb_lattices`), the
+    autocorrelation's for a `wide` lattice (`lattice_candidates`), 0 for the unedited layout."""
 
 
 def embedded_geometry(
@@ -69,26 +81,75 @@ def synchronise(
     templates: np.ndarray,
     max_lattices: int = 3,
     layout_period: float | None = None,
+    wide: bool = False,
 ) -> list[SyncHypothesis]:
     """Blind re-synchronisation of the periodic layout: hypotheses, highest z first.
 
     pixels: PIL image or array [H, W] / [H, W, C] of grey levels (see `analysis_luma`).
     templates: float [T, n, n] sync templates of the key (`sync_templates`) or their
-    `template_bank`. For each of the best `max_lattices` lattices of the autocorrelation
-    (Kutter 1998) the whitened image is folded and registered against the templates
-    (Pereira & Pun 2000), and so is the best lattice halved. `layout_period` (input pixels)
-    adds one hypothesis first: the image as marked, unedited (a square lattice of that period
-    at pixel (0, 0)), which needs no autocorrelation peak. At most max_lattices + 2 hypotheses;
-    a read that tries them must count them all in its p-value (each is one aligned tile). An image too small, too thin or flat to hold a lattice
-    gives []; a malformed array raises ValueError.
+    `template_bank`. The whitened image is folded over each of the best `max_lattices`
+    lattices of the spectral comb (`comb_lattices`: any period, within 6 degrees of upright, a
+    quarter turn or a mirror) and registered against the templates (Pereira & Pun 2000).
+    `layout_period` (input pixels) adds one hypothesis first: the image as marked, unedited (a
+    square lattice of that period at pixel (0, 0)). `wide` adds the autocorrelation's lattices
+    at any angle (`wide_lattices`): a deeper, slower search. The max_lattices + 2 hypotheses
+    with the highest template z are returned (the template is key-derived and apart from the
+    payload's bits, so this choice does not bias the payload's p-value); a read that decodes
+    them must count them all in its p-value. An image too small, too thin or flat to hold a
+    lattice gives []; a malformed array raises ValueError.
     """
+    analysis = analyse(pixels)
+    if analysis is None:
+        return []
+    return hypotheses_of(*analysis, templates, max_lattices, layout_period, wide)
+
+
+def synchronise_scored(
+    pixels: np.ndarray | Image.Image,
+    templates: np.ndarray,
+    max_lattices: int = 3,
+    layout_period: float | None = None,
+) -> tuple[list[SyncHypothesis], float]:
+    """`synchronise` and the image's key-less periodicity score (`periodicity`; 0 for an image
+    with no lattice to find), from one analysis of the image."""
+    analysis = analyse(pixels)
+    if analysis is None:
+        return [], 0.0
+    hypotheses = hypotheses_of(*analysis, templates, max_lattices, layout_period)
+    return hypotheses, periodicity(*analysis)
+
+
+def analyse(pixels: np.ndarray | Image.Image) -> tuple[np.ndarray, tuple[float, float]] | None:
+    """(whitened analysis image float32 [h, w], scale (sy, sx)), or None for an image too
+    small or too flat to hold a lattice (`analysis_luma`, `whiten`)."""
     luma, scale = analysis_luma(pixels)
     if min(luma.shape) < MIN_ANALYSIS_SIDE:
-        return []
+        return None
     w = whiten(luma)
+    if not np.any(w):
+        return None
+    return w, scale
+
+
+def periodicity(w: np.ndarray, scale: tuple[float, float]) -> float:
+    """The key-less presence statistic of a periodic mark: the best autocorrelation lattice
+    score (`lattice_candidates`; Kutter 1998) of a whitened analysis image, 0 without one."""
     ac = autocorrelation(w)
     if not np.any(ac):
-        return []
+        return 0.0
+    lattices = lattice_candidates(ac, scale, 1)
+    return float(lattices[0].score) if lattices else 0.0
+
+
+def hypotheses_of(
+    w: np.ndarray,
+    scale: tuple[float, float],
+    templates: np.ndarray,
+    max_lattices: int = 3,
+    layout_period: float | None = None,
+    wide: bool = False,
+) -> list[SyncHypothesis]:
+    """`synchronise` from the whitened analysis image w [h, w] and its scale (`analyse`)."""
     bank = templates if np.iscomplexobj(templates) else template_bank(templates)
     w64 = w.astype(np.float64)
     hypotheses = []
@@ -96,16 +157,79 @@ def synchronise(
         basis = np.diag([layout_period * scale[0], layout_period * scale[1]])
         origin = (0.5 * scale[0] - 0.5, 0.5 * scale[1] - 0.5)
         hypotheses.append(register(w64, basis, bank, scale, origin, lattice_score=0.0))
-    lattices = lattice_candidates(ac, scale, max_lattices)
-    for lattice in lattices:
-        hypotheses.append(register(w64, lattice.basis, bank, scale, lattice_score=lattice.score))
-    if lattices and np.hypot(*lattices[0].basis[0]) >= 2 * MIN_LAG:
-        # the best lattice's half: edits such as a rotation with cut corners can leave the
-        # autocorrelation's peaks at every second period stronger than those at the first
-        half = lattices[0].basis / 2.0
-        hypotheses.append(register(w64, half, bank, scale, lattice_score=lattices[0].score))
+    combs = comb_lattices(w, scale, max_lattices)
+    floor = RELATIVE_SCORE * max((c.score for c in combs), default=0.0)
+    lattices = [(c.basis, c.score) for c in combs if c.score >= floor
+                and (layout_period is None or not _same_lattice(c.basis, hypotheses[0].lattice * np.asarray(scale)))]
+    if wide:
+        lattices += wide_lattices(w, scale, max_lattices)
+    found = [register(w64, basis, bank, scale, lattice_score=score) for basis, score in lattices]
+    if found:
+        # the best found lattice is refined from its template's phase drift (`refine_lattice`)
+        best = max(range(len(found)), key=lambda i: found[i].z)
+        if found[best].z >= REFINE_MIN_Z:
+            refined = refine_lattice(w64, lattices[best][0], bank, found[best])
+            if refined is not None:
+                again = register(w64, refined, bank, scale, lattice_score=lattices[best][1])
+                found[best] = again if again.z > found[best].z else found[best]
+    hypotheses += found
     hypotheses.sort(key=lambda h: -h.z)
-    return hypotheses
+    return hypotheses[: max_lattices + 2]
+
+
+def _same_lattice(basis: np.ndarray, other: np.ndarray, tolerance: float = 0.003) -> bool:
+    """Whether two square lattices (rows v1, v2) are the same up to the order and signs of
+    their vectors, within `tolerance` of the period."""
+    period = float(np.hypot(*other[0]))
+    return all(min(np.linalg.norm(v - sign * u) for u in other for sign in (1, -1)) < tolerance * period
+               for v in basis)
+
+
+def refine_lattice(w: np.ndarray, basis: np.ndarray, bank: np.ndarray,
+                   hypothesis: "SyncHypothesis") -> np.ndarray | None:
+    """The lattice (rows v1, v2, analysis pixels; fold origin 0) refined from the drift of the
+    found template's phase across the image's halves, or None when the template is not found
+    (z >= `QUADRANT_MIN_Z`) in both halves along each axis.
+
+    Folding over a lattice B (columns v1, v2) puts pixel x at tile coordinate n B^-1 x; the true
+    lattice B* puts the template there at n B*^-1 x, so the template's shift in a fold of a
+    region centred at c is n (B^-1 - B*^-1) c + const. The shifts in the top and bottom halves
+    give that map's column along y, those in the left and right halves its column along x."""
+    size = bank.shape[-2]
+    h, wd = w.shape
+    spacing = float(np.sqrt(abs(np.linalg.det(basis)))) / size
+    spectrum = bank[hypothesis.template, hypothesis.dihedral]
+
+    def shift_of(y0: int, y1: int, x0: int, x1: int) -> np.ndarray | None:
+        folded = fold(w[y0:y1, x0:x1], basis, size, (-float(y0), -float(x0)))
+        shift, z = template_shift(folded, spectrum, spacing)
+        return np.asarray(shift) if z >= QUADRANT_MIN_Z else None
+
+    halves = [shift_of(0, h // 2, 0, wd), shift_of(h // 2, h, 0, wd),
+              shift_of(0, h, 0, wd // 2), shift_of(0, h, wd // 2, wd)]
+    if any(s is None for s in halves):
+        return None
+    top, bottom, left, right = halves
+    along_y = ((bottom - top + size / 2) % size - size / 2) / (h / 2.0)
+    along_x = ((right - left + size / 2) % size - size / 2) / (wd / 2.0)
+    drift_map = np.stack([along_y, along_x], axis=1)  # drift = drift_map @ (dy, dx)
+    inverse = np.linalg.inv(np.asarray(basis, float).T) - drift_map / size
+    if abs(np.linalg.det(inverse)) < 1e-12:
+        return None
+    return np.linalg.inv(inverse).T
+
+
+def wide_lattices(w: np.ndarray, scale: tuple[float, float], count: int) -> list[tuple[np.ndarray, float]]:
+    """(basis, score) of the autocorrelation's best `count` lattices at any angle (Kutter 1998;
+    `lattice_candidates`) and the best one halved (a rotation with cut corners can leave the
+    autocorrelation's peaks at every second period stronger than those at the first)."""
+    ac = autocorrelation(w, grid_period=(JPEG_BLOCK * scale[0], JPEG_BLOCK * scale[1]))
+    if not np.any(ac):
+        return []
+    found = [(lattice.basis, lattice.score) for lattice in lattice_candidates(ac, scale, count)]
+    if found and np.hypot(*found[0][0][0]) >= 2 * MIN_LAG:
+        found.append((found[0][0] / 2.0, found[0][1]))
+    return found
 
 
 def register(
