@@ -315,9 +315,9 @@ class PeriodicMarker:
         fpr = self.fpr if fpr is None else fpr
         if len(templates) == 0:
             return self._nothing(expected)
-        reads = [self.codec.decode(row, t, expected, fpr=1.0) for row, t in zip(logits, templates)]
-        best = min(range(len(reads)), key=lambda i: reads[i].p_value)
-        return reads[best].judged(fpr, reads[best].p_value * self.layout.hypotheses)
+        decoded = [self.codec.decode(row, t, expected, fpr=1.0) for row, t in zip(logits, templates)]
+        best = min(range(len(decoded)), key=lambda i: decoded[i].p_value)
+        return decoded[best].judged(fpr, decoded[best].p_value * self.layout.hypotheses)
 
     def read_pixels(self, pixels: np.ndarray, expected: str | int | None = None) -> ReadResult:
         """Read native pixels (8-bit scale): every sync hypothesis decoded, the

@@ -254,3 +254,12 @@ def test_averaging_attack_neither_forges_nor_removes(wm):
     cleaned = Image.fromarray(np.clip(marked - estimate, 0, 255).astype(np.uint8))
     read = wm.extract(cleaned)
     assert read.detected and read.decoded == PAYLOAD
+
+
+@pytest.mark.parametrize("degrees", [15, 37])
+def test_reads_a_rotation_by_any_angle(wm, photo, marked, degrees):
+    """The spectral comb searches every angle (docs/sync.md)."""
+    turned = marked.rotate(degrees, resample=Image.Resampling.BICUBIC, expand=True)
+    read = wm.extract(turned)
+    assert read.detected and read.decoded == PAYLOAD, read
+    assert not wm.extract(photo.rotate(degrees, resample=Image.Resampling.BICUBIC, expand=True)).detected

@@ -5,7 +5,7 @@ laid out periodically over the image). Read side, in order: `analysis_luma`, `wh
 `comb_lattices` (the lattice from the spectrum), `fold`, `locate_template`, `align`,
 `refine_lattice`; `synchronise` runs them all and returns `SyncHypothesis` objects. The
 autocorrelation's lattices (`autocorrelation`, `lattice_candidates`) give the key-less
-`periodicity` score and, with `synchronise(..., wide=True)`, lattices at any angle.
+`periodicity` score of the presence test.
 """
 
 from filigree.sync.analysis import analysis_luma, autocorrelation, whiten

@@ -121,58 +121,6 @@ def _local_gain(e: np.ndarray) -> np.ndarray:
     return np.asarray(smooth, dtype=np.float32)
 
 
-LINE_RATIO = 3.0
-"""A spectral row or column whose summed power exceeds this many times the median of its
-neighbours' is a line (see `_notch_lines`)."""
-LINE_NEIGHBOURS = 8
-
-
-def _notch_lines(power: np.ndarray) -> None:
-    """Zero, in place, the lines of an rfft2 power spectrum [h, w // 2 + 1]: whole rows and
-    columns (and their two neighbours) whose summed power stands above their neighbours'.
-
-    A pattern that repeats along one axis only (the block grid of a JPEG source, at 8 pixels or
-    rescaled, scan lines, a fence) fills whole spectral lines, and its lattice of autocorrelation
-    peaks would outscore a faint mark's; a two-dimensional period such as the mark's puts its
-    energy on isolated points of a line instead, which the line's sum barely sees."""
-    for axis in (0, 1):
-        sums = power.sum(axis=1 - axis)
-        k = LINE_NEIGHBOURS
-        padded = np.pad(sums, k, mode="reflect" if sums.size > k else "edge")
-        windows = np.lib.stride_tricks.sliding_window_view(padded, 2 * k + 1)
-        baseline = np.median(windows, axis=1)
-        lines = np.flatnonzero(sums > LINE_RATIO * np.maximum(baseline, 1e-30))
-        for offset in (-1, 0, 1):
-            index = np.clip(lines + offset, 0, sums.size - 1)
-            if axis == 0:
-                power[index, :] = 0.0
-            else:
-                power[:, index] = 0.0
-
-
-def _notch_grid(power: np.ndarray, shape: tuple[int, int], period: tuple[float, float]) -> None:
-    """Flatten, in place, the rfft2 power [h, w // 2 + 1] of an image of `shape` on the
-    spectral lines of a grid of `period` (py, px) analysis pixels and all its harmonics: each
-    line and its two neighbours take the mean of the lines two beyond them. The 8 x 8 block grid
-    of a JPEG source is faint but everywhere; its lattice of autocorrelation peaks would otherwise
-    outscore a faint mark's (zeroing the lines instead would also bend the mark's own peaks on
-    the axes)."""
-    for axis, (length, p) in enumerate(zip(shape, period)):
-        if not p > 2.0:
-            continue
-        centres = np.rint(np.arange(1, int(p // 2) + 1) * (length / p)).astype(int)
-        view = power if axis == 0 else power.T
-        lines = view.shape[0]
-        for c in centres:
-            for sign in ((1, -1) if axis == 0 else (1,)):
-                mid = sign * c
-                fill = 0.5 * (view[(mid - 3) % lines] + view[(mid + 3) % lines])
-                for b in (mid - 1, mid, mid + 1):
-                    if axis == 1 and not 0 < b < lines:
-                        continue
-                    view[b % lines] = fill
-
-
 def _smooth_length(n: int) -> int:
     """Largest m <= n whose prime factors are 2, 3 and 5 (fast FFT lengths)."""
     for m in range(n, 0, -1):
@@ -185,7 +133,7 @@ def _smooth_length(n: int) -> int:
     return 1
 
 
-def autocorrelation(w: np.ndarray, grid_period: tuple[float, float] | None = None) -> np.ndarray:
+def autocorrelation(w: np.ndarray) -> np.ndarray:
     """Circular autocorrelation of a whitened image (Kutter 1998: a periodic mark shows as a
     lattice of peaks at its period vectors).
 
@@ -199,8 +147,6 @@ def autocorrelation(w: np.ndarray, grid_period: tuple[float, float] | None = Non
     x = x - x.mean(dtype=np.float64).astype(np.float32)
     spectrum = np.fft.rfft2(x)
     power = spectrum.real**2 + spectrum.imag**2
-    if grid_period is not None:
-        _notch_grid(power, (h, wd), grid_period)
     ac = np.fft.irfft2(power, s=(h, wd)).astype(np.float32, copy=False)
     if ac[0, 0] > 0:
         ac /= ac[0, 0]

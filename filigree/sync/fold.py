@@ -136,17 +136,26 @@ def locate_template(folded: np.ndarray, templates: np.ndarray, spacing: float = 
     return TemplateMatch(template=int(t), dihedral=int(d), shift=shift, z=float(z[t, d, k]))
 
 
-def template_shift(folded: np.ndarray, spectrum: np.ndarray, spacing: float = 1.0) -> tuple[tuple[float, float], float]:
+def template_shift(folded: np.ndarray, spectrum: np.ndarray, spacing: float = 1.0,
+                   near: tuple[float, float] | None = None, reach: int = 3) -> tuple[tuple[float, float], float]:
     """((dy, dx), z): where one known template variant sits in a folded tile, as in
-    `locate_template` but for a single correlation surface. spectrum: one entry
-    `template_bank(...)[t, d]`, complex [n, n // 2 + 1]."""
+    `locate_template` but for a single correlation surface, and, given `near`, only within
+    `reach` samples of it (cyclically). spectrum: one entry `template_bank(...)[t, d]`,
+    complex [n, n // 2 + 1]."""
     f = np.asarray(folded, dtype=np.float32)
     n = f.shape[-1]
     product = np.fft.rfft2(f - f.mean()) * prediction_response(n, spacing) * spectrum
     surface = np.fft.irfft2(product, s=(n, n))
     std = surface.std()
     z = (surface - surface.mean()) / (std if std > 0 else 1.0)
-    y, x = divmod(int(np.argmax(z)), n)
+    if near is None:
+        y, x = divmod(int(np.argmax(z)), n)
+    else:
+        rows = (int(round(near[0])) + np.arange(-reach, reach + 1)) % n
+        cols = (int(round(near[1])) + np.arange(-reach, reach + 1)) % n
+        window = z[np.ix_(rows, cols)]
+        i, j = divmod(int(np.argmax(window)), window.shape[1])
+        y, x = int(rows[i]), int(cols[j])
     shift = (
         (y + _parabolic(z[(y - 1) % n, x], z[y, x], z[(y + 1) % n, x])) % n,
         (x + _parabolic(z[y, (x - 1) % n], z[y, x], z[y, (x + 1) % n])) % n,

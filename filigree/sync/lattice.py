@@ -237,7 +237,7 @@ class _PeakMap:
         return v1_iso
 
 
-def _is_sublattice(v1: np.ndarray, basis: np.ndarray, tolerance: float = 0.06) -> bool:
+def is_sublattice(v1: np.ndarray, basis: np.ndarray, tolerance: float = 0.06) -> bool:
     """Whether the square lattice of v1 lies on the lattice of `basis` (rows; same units):
     the same lattice, or a coarser one (2 v1, v1 + v2, ...) that would fold the same pattern."""
     (a, b), (c, d) = basis
@@ -292,10 +292,10 @@ def lattice_candidates(
         score = float(peak_map.score(refined[None])[0])
         if not np.isfinite(score):
             refined, score = v1, float(scores[i])
-        if any(_is_sublattice(refined, c.basis / peak_map.scale) for c in chosen):
+        if any(is_sublattice(refined, c.basis / peak_map.scale) for c in chosen):
             continue  # a coarser copy of a lattice already kept
         basis = np.stack([refined, _turn(refined)]) * peak_map.scale
-        coarser = [c for c in chosen if _is_sublattice(c.basis[0] / peak_map.scale, basis / peak_map.scale)]
+        coarser = [c for c in chosen if is_sublattice(c.basis[0] / peak_map.scale, basis / peak_map.scale)]
         if coarser and score < FINER_RATIO * max(c.score for c in coarser):
             continue
         if not coarser and len(chosen) >= max_lattices:

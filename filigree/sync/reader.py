@@ -13,18 +13,16 @@ from filigree.sync.fold import align, fold, locate_template, template_bank, temp
 from filigree.sync.lattice import MIN_LAG, lattice_candidates
 from filigree.sync.templates import dihedral
 
-JPEG_BLOCK = 8
-"""Side of a JPEG block in input pixels: the block grid's spectral lines (and any other strong
-line) are notched before the lattice search (`autocorrelation`)."""
 MIN_ANALYSIS_SIDE = 4 * MIN_LAG
 """Shorter analysis side below which there is no lattice to find."""
 RELATIVE_SCORE = 0.3
 """Comb lattices scoring under this share of the best one are not registered (a strong mark's
 lattice leaves weak echoes, such as its 2/3 harmonic, that never beat it)."""
-REFINE_MIN_Z = 6.0
+REFINE_MIN_Z = 5.5
 """A found lattice whose template z reaches this is refined (`refine_lattice`)."""
-QUADRANT_MIN_Z = 4.0
-"""Template z each half image's fold needs for the refinement (`refine_lattice`)."""
+QUADRANT_MIN_Z = 2.5
+"""Template z each half image's fold needs, within 3 samples of the whole image's phase, for
+the refinement (`refine_lattice`)."""
 
 
 @dataclass(frozen=True)
@@ -50,8 +48,7 @@ class SyncHypothesis:
     """float64 [2, 2]: rows b1, b2 = input-pixel displacement of one period along the
     embedded tile's rows and columns (P times the edit's linear map, for a P-pixel layout)."""
     lattice_score: float
-    """The lattice's search score: its spectral comb z-score (`comb_lattices`), the
-    autocorrelation's for a `wide` lattice (`lattice_candidates`), 0 for the unedited layout."""
+    """The lattice's spectral comb z-score (`comb_lattices`); 0 for the unedited layout."""
 
 
 def embedded_geometry(
@@ -81,18 +78,16 @@ def synchronise(
     templates: np.ndarray,
     max_lattices: int = 3,
     layout_period: float | None = None,
-    wide: bool = False,
 ) -> list[SyncHypothesis]:
     """Blind re-synchronisation of the periodic layout: hypotheses, highest z first.
 
     pixels: PIL image or array [H, W] / [H, W, C] of grey levels (see `analysis_luma`).
     templates: float [T, n, n] sync templates of the key (`sync_templates`) or their
     `template_bank`. The whitened image is folded over each of the best `max_lattices`
-    lattices of the spectral comb (`comb_lattices`: any period, within 6 degrees of upright, a
-    quarter turn or a mirror) and registered against the templates (Pereira & Pun 2000).
+    lattices of the spectral comb (`comb_lattices`: any period and angle) and registered
+    against the templates (Pereira & Pun 2000); the best is refined (`refine_lattice`).
     `layout_period` (input pixels) adds one hypothesis first: the image as marked, unedited (a
-    square lattice of that period at pixel (0, 0)). `wide` adds the autocorrelation's lattices
-    at any angle (`wide_lattices`): a deeper, slower search. The max_lattices + 2 hypotheses
+    square lattice of that period at pixel (0, 0)). The max_lattices + 2 hypotheses
     with the highest template z are returned (the template is key-derived and apart from the
     payload's bits, so this choice does not bias the payload's p-value); a read that decodes
     them must count them all in its p-value. An image too small, too thin or flat to hold a
@@ -101,7 +96,7 @@ def synchronise(
     analysis = analyse(pixels)
     if analysis is None:
         return []
-    return hypotheses_of(*analysis, templates, max_lattices, layout_period, wide)
+    return hypotheses_of(*analysis, templates, max_lattices, layout_period)
 
 
 def synchronise_scored(
@@ -147,7 +142,6 @@ def hypotheses_of(
     templates: np.ndarray,
     max_lattices: int = 3,
     layout_period: float | None = None,
-    wide: bool = False,
 ) -> list[SyncHypothesis]:
     """`synchronise` from the whitened analysis image w [h, w] and its scale (`analyse`)."""
     bank = templates if np.iscomplexobj(templates) else template_bank(templates)
@@ -161,8 +155,6 @@ def hypotheses_of(
     floor = RELATIVE_SCORE * max((c.score for c in combs), default=0.0)
     lattices = [(c.basis, c.score) for c in combs if c.score >= floor
                 and (layout_period is None or not _same_lattice(c.basis, hypotheses[0].lattice * np.asarray(scale)))]
-    if wide:
-        lattices += wide_lattices(w, scale, max_lattices)
     found = [register(w64, basis, bank, scale, lattice_score=score) for basis, score in lattices]
     if found:
         # the best found lattice is refined from its template's phase drift (`refine_lattice`)
@@ -202,7 +194,7 @@ def refine_lattice(w: np.ndarray, basis: np.ndarray, bank: np.ndarray,
 
     def shift_of(y0: int, y1: int, x0: int, x1: int) -> np.ndarray | None:
         folded = fold(w[y0:y1, x0:x1], basis, size, (-float(y0), -float(x0)))
-        shift, z = template_shift(folded, spectrum, spacing)
+        shift, z = template_shift(folded, spectrum, spacing, near=hypothesis.shift)
         return np.asarray(shift) if z >= QUADRANT_MIN_Z else None
 
     halves = [shift_of(0, h // 2, 0, wd), shift_of(h // 2, h, 0, wd),
@@ -217,19 +209,6 @@ def refine_lattice(w: np.ndarray, basis: np.ndarray, bank: np.ndarray,
     if abs(np.linalg.det(inverse)) < 1e-12:
         return None
     return np.linalg.inv(inverse).T
-
-
-def wide_lattices(w: np.ndarray, scale: tuple[float, float], count: int) -> list[tuple[np.ndarray, float]]:
-    """(basis, score) of the autocorrelation's best `count` lattices at any angle (Kutter 1998;
-    `lattice_candidates`) and the best one halved (a rotation with cut corners can leave the
-    autocorrelation's peaks at every second period stronger than those at the first)."""
-    ac = autocorrelation(w, grid_period=(JPEG_BLOCK * scale[0], JPEG_BLOCK * scale[1]))
-    if not np.any(ac):
-        return []
-    found = [(lattice.basis, lattice.score) for lattice in lattice_candidates(ac, scale, count)]
-    if found and np.hypot(*found[0][0][0]) >= 2 * MIN_LAG:
-        found.append((found[0][0] / 2.0, found[0][1]))
-    return found
 
 
 def register(
