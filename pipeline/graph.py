@@ -60,6 +60,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, R
 
 from filigree.bundle import ModelCard
 from filigree.payload import PayloadCodec
+from pipeline.blocks import ToBlocks
 from pipeline.handlers import EmbedderHandler, ExtractorHandler
 from pipeline.manifest import InputSpec
 from pipeline.marking import MarkAndWrite
@@ -158,11 +159,15 @@ def plan_inputs(pbegin, cfg: RunConfig, spec: InputSpec, prepare: Prepare | None
 
 
 class Watermark(beam.PTransform):
-    """pbegin -> PCollection of records (one per matched image and manifest row)."""
+    """pbegin -> PCollection of records (one per matched image and manifest row), or, with
+    `blocks`, of `RecordBlock`s holding them (`pipeline.blocks`: each record set folded into
+    blocks in the step that makes it, so that the gathered collection holds blocks, not records)."""
 
-    def __init__(self, cfg: RunConfig, spec: InputSpec, card: ModelCard, codec: PayloadCodec, model_dir: str):
+    def __init__(self, cfg: RunConfig, spec: InputSpec, card: ModelCard, codec: PayloadCodec, model_dir: str,
+                 blocks: bool = False):
         super().__init__()
         self.cfg, self.spec, self.card, self.codec, self.model_dir = cfg, spec, card, codec, model_dir
+        self.blocks = blocks
 
     def expand(self, pbegin):
         cfg, size, mode = self.cfg, self.card.working_size, self.cfg.mode
@@ -190,6 +195,9 @@ class Watermark(beam.PTransform):
         if mode == "embed":
             record_sets += _side_dead_letters(embed_dlq, "embed", mode, "Embed")
         record_sets += _side_dead_letters(extract_dlq, "extract", mode, "Extract")
+        if self.blocks:
+            blocks = [records | f"RecordBlocks{i}" >> beam.ParDo(ToBlocks()) for i, records in enumerate(record_sets)]
+            return tuple(blocks) | "AllBlocks" >> beam.Flatten()
         # Every record PCollection is typed `Record`, so that records are encoded lean (`RecordCoder`)
         # where a runner holds them: the DirectRunner holds the Flatten's inputs whole.
         return tuple(record_sets) | "AllRecords" >> beam.Flatten().with_output_types(Record)

@@ -178,6 +178,20 @@ def folder_prefix(root: str) -> str:
     return normalize(root).rstrip("/") + "/"
 
 
+def is_plain(relative: str) -> bool:
+    """Whether a path has no `.`, `..` or empty segment (so no leading, doubled or trailing
+    slash, and no scheme): normalising it changes nothing, and joined below a folder it stays
+    there."""
+    return bool(relative) and not any(segment in ("", ".", "..") for segment in relative.split("/"))
+
+
+def join_plain(root: str, relative: str) -> str:
+    """`normalize(root + "/" + relative)` for an `is_plain` `relative` path, without
+    normalising it again: the normalised root's folder prefix plus the path."""
+    prefix = folder_prefix(root)
+    return relative if prefix == "./" else prefix + relative
+
+
 def resolve_image(root: str, image: str) -> tuple[str | None, str | None]:
     """(resolved path, error) for a manifest `image` value."""
     image = image.strip()
@@ -189,6 +203,8 @@ def resolve_image(root: str, image: str) -> tuple[str | None, str | None]:
         return normalize(image), None
     if not has_scheme(root) and ":" in image.split("/")[0] and len(image) > 1 and image[1] == ":":
         return None, f"image path {image!r} looks like a Windows drive path"
+    if is_plain(image):
+        return join_plain(root, image), None
     joined = normalize(root.rstrip("/") + "/" + image)
     if relative_to_normal(root, joined) is None:
         return None, f"image path {image!r} leaves the --input folder"

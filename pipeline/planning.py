@@ -23,8 +23,9 @@ from apache_beam.io.filesystems import FileSystems
 
 from filigree.imaging import decode
 from pipeline import storage
-from pipeline.manifest import (BLOCK_BYTES, InputSpec, ManifestRow, has_scheme, is_image_name, normalize, plan_shards,
-                               read_block_rows, relative_to, scan_block, shard_blocks)
+from pipeline.manifest import (BLOCK_BYTES, InputSpec, ManifestRow, has_scheme, is_image_name, is_plain, join_plain,
+                               normalize, plan_shards, read_block_rows, relative_to, relative_to_normal, scan_block,
+                               shard_blocks)
 from pipeline.options import RunConfig
 from pipeline.records import Record, StepFailure, error_record, ignored_record, skipped_record
 
@@ -73,17 +74,21 @@ RowRef = tuple[int, int, str]
 the shard's place in path order (`pipeline.manifest.ShardPlan`)."""
 
 
-def group_key(root: str, path: str) -> str:
+def group_key(root: str, path: str, normalized: bool = False) -> str:
     """The key that listing hits and manifest rows of `path` are grouped by: its path below
-    `root` when that leads back to exactly `path` (shorter to shuffle), else `path` itself."""
-    relative = relative_to(root, path)
+    `root` when that leads back to exactly `path` (shorter to shuffle), else `path` itself.
+    `normalized`: `path` is already `normalize`d (a manifest row's)."""
+    relative = relative_to_normal(root, path) if normalized else relative_to(root, path)
     return relative if relative and key_path(root, relative) == path else path
 
 
 def key_path(root: str, key: str) -> str:
-    """The path that a `group_key` stands for."""
+    """The path that a `group_key` stands for: `normalize(root + "/" + key)`, which for a key
+    without `.`, `..` or empty segments is the normalised root's folder prefix plus the key."""
     if has_scheme(key) or key.startswith("/"):
         return key
+    if is_plain(key):
+        return join_plain(root, key)
     return normalize(root.rstrip("/") + "/" + key)
 
 
@@ -117,8 +122,9 @@ def shard_name(shards: Sequence[str], ordinal: int) -> str:
 
 def output_relative(root: str, path: str) -> str:
     """Relative output path of `path`: its path below `root`, else `_external/<scheme>/<full path>`
-    (never absolute, never with `..`; see `storage.safe_relative_output`)."""
-    relative = relative_to(root, path)
+    (never absolute, never with `..`; see `storage.safe_relative_output`). `path` is
+    `normalize`d (a `key_path`)."""
+    relative = relative_to_normal(root, path)
     if relative and ".." not in relative.split("/") and not relative.startswith("/"):
         return relative
     try:
@@ -172,7 +178,7 @@ class ReadRows(beam.DoFn):
         plan = plans[block.shard]
         for row in read_block_rows(block, plan, self.root):
             if row.error is None:
-                yield group_key(self.root, row.path), (plan.ordinal, row.line, row.payload)
+                yield group_key(self.root, row.path, normalized=True), (plan.ordinal, row.line, row.payload)
             else:
                 yield beam.pvalue.TaggedOutput("records", bad_row_record(row, self.mode))
 
@@ -273,7 +279,7 @@ def output_path(cfg: RunConfig, job: Job, extension: str | None = None) -> str:
         relative = relative + extension
     marked = marked_folder(cfg.output)
     target = storage.join(marked, relative)
-    if relative_to(marked, target) is None or relative.startswith("/"):
+    if not is_plain(relative) and (relative_to(marked, target) is None or relative.startswith("/")):
         raise StepFailure("bad_path", f"output path for {job.relative!r} would leave the output folder")
     return target
 

@@ -43,11 +43,11 @@ if __name__ == "__main__":
 import apache_beam as beam  # noqa: E402
 from apache_beam.io.filesystems import FileSystems  # noqa: E402
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions  # noqa: E402
-from apache_beam.transforms.window import GlobalWindows  # noqa: E402
 
 from filigree.bundle import BundleError, ModelCard, read_card  # noqa: E402
 from filigree.payload import PayloadCodec, PayloadError  # noqa: E402
 from filigree.periodic import SaltedCodec, codec_for_card  # noqa: E402
+from pipeline.blocks import BlockSummaryFn, RecordBlock  # noqa: E402
 from pipeline.graph import Watermark  # noqa: E402
 from pipeline.manifest import (InputSpec, check_manifests, combine_inputs, describe_input, has_scheme,  # noqa: E402
                                split_inputs)
@@ -55,7 +55,6 @@ from pipeline.options import RunConfig, parse_run_args  # noqa: E402
 from pipeline.progress import Progress  # noqa: E402
 from pipeline.report import format_console_summary, write_summary  # noqa: E402
 from pipeline.storage import STALE_TEMP_AGE_S, is_temp_name  # noqa: E402
-from pipeline.summary import SummaryFn  # noqa: E402
 from pipeline.thumbnails import sample_thumbnails  # noqa: E402
 
 
@@ -86,41 +85,14 @@ def report_prefix(output: str) -> str:
 def build_pipeline(pipeline: beam.Pipeline, cfg: RunConfig, spec: InputSpec, card: ModelCard,
                    codec: PayloadCodec | SaltedCodec, model_dir: str) -> None:
     """Attach the whole job to `pipeline`."""
-    records = pipeline | "Watermark" >> Watermark(cfg, spec, card, codec, model_dir)
-    (records
-     | "RecordsToJson" >> beam.ParDo(JsonLines())
+    blocks = pipeline | "Watermark" >> Watermark(cfg, spec, card, codec, model_dir, blocks=True)
+    (blocks
+     | "RecordsToJson" >> beam.Map(RecordBlock.text)
      | "WriteRecords" >> beam.io.WriteToText(FileSystems.join(report_prefix(cfg.output), "images"),
                                              file_name_suffix=".jsonl"))
-    (records
-     | "Summarize" >> beam.CombineGlobally(SummaryFn())
+    (blocks
+     | "Summarize" >> beam.CombineGlobally(BlockSummaryFn())
      | "WriteSummary" >> beam.Map(finish_report, cfg=cfg, model_name=card.name))
-
-
-class JsonLines(beam.DoFn):
-    """Records -> their JSON lines (keys sorted, no NaN), joined into blocks of up to `lines`
-    lines, each block one element: the report's writer then handles a block, not every record."""
-
-    def __init__(self, lines: int = 1000):
-        self.lines = lines
-
-    def setup(self):
-        self.encoder = json.JSONEncoder(sort_keys=True, allow_nan=False)
-
-    def start_bundle(self):
-        self.pending: list[str] = []
-
-    def process(self, record: dict):
-        self.pending.append(self.encoder.encode(record))
-        if len(self.pending) >= self.lines:
-            yield self._block()
-
-    def finish_bundle(self):
-        if self.pending:
-            yield GlobalWindows.windowed_value(self._block())
-
-    def _block(self) -> str:
-        block, self.pending = "\n".join(self.pending), []
-        return block
 
 
 class ErrorRateExceeded(RuntimeError):

@@ -34,12 +34,19 @@ def filesystem(path: str):
 
 
 def join(base: str, *parts: str) -> str:
-    """`FileSystems.join(base, *parts)`, with `base`'s filesystem looked up once per scheme."""
+    """`FileSystems.join(base, *parts)`: `os.path.join` for a local `base` (what Beam's local
+    filesystem does), else `base`'s filesystem, looked up once per scheme."""
+    if "://" not in base:
+        return os.path.join(base, *parts)
     return filesystem(base).join(base, *parts)
 
 
 def read_bytes(path: str) -> bytes:
-    """Read a whole file through Beam's ``FileSystems`` (no decompression by extension)."""
+    """Read a whole file: a local path directly, a URI through Beam's ``FileSystems`` (no
+    decompression by extension)."""
+    if "://" not in path:
+        with open(path, "rb") as handle:
+            return handle.read()
     from apache_beam.io.filesystem import CompressionTypes
 
     with filesystem(path).open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:

@@ -319,7 +319,7 @@ def expected_config(args: list[str]) -> dict:
 
 
 STEPS = {"Watermark/ListInputs", "Watermark/PlanAndDecode", "Watermark/Extract",
-         "Watermark/ReadBack", "Watermark/AllRecords", "RecordsToJson", "WriteRecords", "Summarize",
+         "Watermark/ReadBack", "Watermark/AllBlocks", "RecordsToJson", "WriteRecords", "Summarize",
          "WriteSummary"}
 
 

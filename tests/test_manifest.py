@@ -233,3 +233,25 @@ def test_a_list_of_inputs_is_listed_pattern_by_pattern_from_their_common_root():
         combine_inputs([describe_input("gs://b1/in/", True, False), describe_input("gs://b2/in/", True, False)])
     with pytest.raises(ValueError, match="one filesystem"):
         combine_inputs([describe_input("gs://b/in/", True, False), describe_input("/d/a", True, False)])
+
+
+@pytest.mark.parametrize("root", ["in", "/data/in", "/data/in/", "./in", ".", "/", "gs://bucket/in", "gs://bucket/a/../in"])
+@pytest.mark.parametrize("key", ["a.jpg", "cam/2026/IMG_1.jpg", "a/./b.jpg", "a/../b.jpg", "../b.jpg", "a//b.jpg",
+                                 "a/b/", ".", "..", ".hidden/x.jpg", "a..b/c.jpg"])
+def test_key_path_is_the_normalised_join(root, key):
+    """`key_path`'s shortcut for plain keys gives what normalising the joined path gives."""
+    from pipeline.manifest import normalize
+    from pipeline.planning import key_path
+    assert key_path(root, key) == normalize(root.rstrip("/") + "/" + key)
+
+
+@pytest.mark.parametrize("image", ["a.jpg", "cam/IMG_1.jpg", "a/./b.jpg", "a/../b.jpg", "../b.jpg", "a//b.jpg",
+                                   "a/b/", "/abs/x.jpg", "gs://b/x.jpg", ".hidden/x.jpg", " a.jpg "])
+@pytest.mark.parametrize("root", ["in", "/data/in/", ".", "gs://bucket/in"])
+def test_resolve_image_shortcut_matches_the_normalised_join(root, image):
+    """A plain relative image path is joined without normalising; the result is the same."""
+    from pipeline.manifest import is_plain, normalize, resolve_image
+    path, error = resolve_image(root, image)
+    if is_plain(image.strip()):
+        assert error is None and path == normalize(root.rstrip("/") + "/" + image.strip())
+    assert not is_plain("/abs/x.jpg") and not is_plain("gs://b/x.jpg") and not is_plain("a/")
