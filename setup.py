@@ -21,6 +21,8 @@ INSTALL_REQUIRES = [
     "bchlib>=2.1,<3",
     # tf.summary's implementation (training logs); tensorflow 2.21 no longer pulls it in.
     "tensorboard==2.21.*",
+    # Box filters of the JND map (filigree/imaging/jnd.py); also what ssimulacra2 runs on.
+    "scipy>=1.11",
     # SSIMULACRA2 (perceptual visibility of the mark) for the run report's sampled images and
     # benchmarks/quality.py; pure Python on numpy + scipy. Pinned: its scores are the numbers.
     "ssimulacra2==0.3.0",

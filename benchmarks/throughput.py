@@ -423,15 +423,20 @@ def _cpu_with_children() -> float:
 def pipeline_sweep(workdir: Path, batch_sizes: list[int], count: int, verify: str) -> list[dict]:
     """images/s of `python -m pipeline.run` on the DirectRunner (in this process)."""
     from pipeline.run import main
+    from pipeline.summary import SAMPLE_SIZE
     folder = workdir / f"pipeline_{count}"
     folder.mkdir(exist_ok=True)
     for index in range(count):
         target = folder / f"p{index:03d}.jpg"
         if not target.exists():
             shutil.copyfile(make_photo(workdir, 2.0, seed=index + 1), target)
-    small = workdir / "pipeline_2"
+    # The fixed run has as many images as the report samples (`pipeline.summary.SAMPLE_SIZE`), so
+    # that both runs pay for the same sampled thumbnails and their SSIMULACRA2 and the difference
+    # is the per-image work alone.
+    fixed_count = min(SAMPLE_SIZE + 2, count - 1)
+    small = workdir / f"pipeline_fixed_{fixed_count}"
     small.mkdir(exist_ok=True)
-    for index in range(2):
+    for index in range(fixed_count):
         if not (small / f"p{index:03d}.jpg").exists():
             shutil.copyfile(folder / f"p{index:03d}.jpg", small / f"p{index:03d}.jpg")
 
@@ -452,13 +457,13 @@ def pipeline_sweep(workdir: Path, batch_sizes: list[int], count: int, verify: st
     rows = []
     for batch in batch_sizes:
         wall, cpu = one(folder, batch)
-        per_cpu = (cpu - fixed_cpu) / (count - 2)
+        per_cpu = (cpu - fixed_cpu) / (count - fixed_count)
         rows.append({"batch_size": batch, "images": count, "verify": verify, "wall_s": wall, "cpu_s": cpu,
                      "images_per_s": count / wall, "cpu_s_per_image": per_cpu,
                      "steady_images_per_s_per_core": 1.0 / per_cpu if per_cpu > 0 else None,
-                     "fixed_wall_s": fixed_wall, "fixed_cpu_s": fixed_cpu})
+                     "fixed_images": fixed_count, "fixed_wall_s": fixed_wall, "fixed_cpu_s": fixed_cpu})
         print(f"  batch {batch:>3}: {count / wall:5.2f} images/s wall ({wall:.1f} s for {count}), "
-              f"{per_cpu * 1000:.0f} ms CPU/image after start-up ({fixed_cpu:.1f} s CPU for 2 images)",
+              f"{per_cpu * 1000:.0f} ms CPU/image after start-up ({fixed_cpu:.1f} s CPU for {fixed_count} images)",
               flush=True)
     return rows
 

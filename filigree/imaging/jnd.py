@@ -64,18 +64,11 @@ def luminance_adaptation(background: np.ndarray) -> np.ndarray:
 
 
 def box_mean(x: np.ndarray, size: int) -> np.ndarray:
-    """float32 mean of x [H, W] over a size x size box (odd size; edges replicated), by running
-    sums along each axis."""
-    r = size // 2
-    out = np.asarray(x, dtype=np.float32)
-    for axis in (0, 1):
-        padded = np.pad(out, [(r, r) if a == axis else (0, 0) for a in (0, 1)], mode="edge")
-        sums = np.cumsum(padded, axis=axis, dtype=np.float64)
-        sums = np.concatenate([np.zeros_like(sums.take([0], axis=axis)), sums], axis=axis)
-        n = out.shape[axis]
-        out = ((sums.take(np.arange(size, size + n), axis=axis) - sums.take(np.arange(n), axis=axis))
-               / size).astype(np.float32)
-    return out
+    """float32 mean of x [H, W] over a size x size box (odd size; edges replicated):
+    `scipy.ndimage.uniform_filter`."""
+    from scipy.ndimage import uniform_filter
+
+    return uniform_filter(np.asarray(x, dtype=np.float32), size=size, mode="nearest")
 
 
 def gradient_magnitude(luma: np.ndarray) -> np.ndarray:

@@ -26,6 +26,7 @@ import functools
 from dataclasses import dataclass
 import numpy as np
 
+from filigree.imaging.jnd import box_mean
 from filigree.sync.analysis import _smooth_length
 from filigree.sync.lattice import Lattice, is_sublattice
 from filigree.sync.templates import TEMPLATE_BAND
@@ -69,18 +70,6 @@ def band_points(lo: float, hi: float) -> np.ndarray:
     return points
 
 
-def _box_mean(x: np.ndarray, k: int) -> np.ndarray:
-    """Mean of x [h, w] over k x k boxes (reflected edges), by cumulative sums."""
-    p = k // 2
-    padded = np.pad(x, p, mode="reflect").astype(np.float64)
-    c = np.cumsum(padded, axis=0)
-    c = np.concatenate([np.zeros((1, c.shape[1])), c])
-    rows = c[k:] - c[:-k]
-    c = np.cumsum(rows, axis=1)
-    c = np.concatenate([np.zeros((c.shape[0], 1)), c], axis=1)
-    return (c[:, k:] - c[:, :-k]) / (k * k)
-
-
 @functools.lru_cache(maxsize=8)
 def _rings(h: int, half: int) -> tuple[np.ndarray, np.ndarray]:
     """(ring index intp [h, half], bins per ring) of an rfft2 grid: 1-bin rings in units of
@@ -111,7 +100,7 @@ def normalised_power(w: np.ndarray) -> np.ndarray:
     spectrum = np.fft.rfft2(x)
     power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
     ring = _ring_mean(power)
-    local = _box_mean(np.minimum(power, POWER_CLIP * ring), NORMALISE_BINS).astype(np.float32)
+    local = box_mean(np.minimum(power, POWER_CLIP * ring), NORMALISE_BINS)
     return np.minimum(power / np.maximum(local, 1e-20), POWER_CLIP)
 
 
