@@ -53,7 +53,7 @@ class PeriodicLayout:
     salt_repeats: int = 2
     """Times each carried salt bit is repeated (soft-combined when read)."""
     max_lattices: int = 3
-    """Autocorrelation lattices a read tries (plus the unedited layout's own)."""
+    """Spectral-comb lattices a read tries (plus the unedited layout's own)."""
     jnd: JndConfig = JndConfig()
 
     @property
@@ -62,8 +62,9 @@ class PeriodicLayout:
 
     @property
     def hypotheses(self) -> int:
-        """Aligned tiles a read may decode (`synchronise`: the unedited lattice, up to
-        `max_lattices` found ones and the best one halved): its p-value is multiplied by this."""
+        """What a read's p-value is multiplied by: the card's contract counts max_lattices + 2
+        aligned tiles (`synchronise` decodes at most the unedited lattice and `max_lattices`
+        found ones, one fewer: the correction is a little conservative)."""
         return self.max_lattices + 2
 
     def to_dict(self) -> dict[str, Any]:

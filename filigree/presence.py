@@ -29,7 +29,7 @@ from filigree.tiling import Tiling, decode_grid
 FOREIGN_MARK_Z = 1.8
 """`tile_agreement` at or above which an image is said to carry a mark made with some key."""
 FOREIGN_LATTICE_SCORE = 16.0
-"""Periodic layout: the autocorrelation lattice score (`SyncHypothesis.lattice_score`) at or
+"""Periodic layout: the autocorrelation lattice score (`filigree.sync.periodicity`) at or
 above which an image is said to carry a periodic mark made with some key. Measured on 28
 development photos (every other one, long side at most 1600 px; a spread-spectrum periodic
 bundle): unmarked 0.3-15.5 (median 3.6), marked 0.3-110 (median 24; flat photos such as an

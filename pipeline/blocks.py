@@ -40,7 +40,7 @@ class RecordBlock:
 
 
 def make_block(records: Iterable[Mapping]) -> RecordBlock:
-    """One block of `records` (a test and a `ToBlocks` helper)."""
+    """One block of `records`, as `ToBlocks` makes them."""
     encoder = json.JSONEncoder(sort_keys=True, allow_nan=False)
     folder = _Folder(encoder)
     for record in records:

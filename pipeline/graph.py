@@ -159,15 +159,12 @@ def plan_inputs(pbegin, cfg: RunConfig, spec: InputSpec, prepare: Prepare | None
 
 
 class Watermark(beam.PTransform):
-    """pbegin -> PCollection of records (one per matched image and manifest row), or, with
-    `blocks`, of `RecordBlock`s holding them (`pipeline.blocks`: each record set folded into
-    blocks in the step that makes it, so that the gathered collection holds blocks, not records)."""
+    """pbegin -> PCollection of `RecordBlock`s (`pipeline.blocks`) holding one record per
+    matched image and manifest row."""
 
-    def __init__(self, cfg: RunConfig, spec: InputSpec, card: ModelCard, codec: PayloadCodec, model_dir: str,
-                 blocks: bool = False):
+    def __init__(self, cfg: RunConfig, spec: InputSpec, card: ModelCard, codec: PayloadCodec, model_dir: str):
         super().__init__()
         self.cfg, self.spec, self.card, self.codec, self.model_dir = cfg, spec, card, codec, model_dir
-        self.blocks = blocks
 
     def expand(self, pbegin):
         cfg, size, mode = self.cfg, self.card.working_size, self.cfg.mode
@@ -195,9 +192,7 @@ class Watermark(beam.PTransform):
         if mode == "embed":
             record_sets += _side_dead_letters(embed_dlq, "embed", mode, "Embed")
         record_sets += _side_dead_letters(extract_dlq, "extract", mode, "Extract")
-        if self.blocks:
-            blocks = [records | f"RecordBlocks{i}" >> beam.ParDo(ToBlocks()) for i, records in enumerate(record_sets)]
-            return tuple(blocks) | "AllBlocks" >> beam.Flatten()
-        # Every record PCollection is typed `Record`, so that records are encoded lean (`RecordCoder`)
-        # where a runner holds them: the DirectRunner holds the Flatten's inputs whole.
-        return tuple(record_sets) | "AllRecords" >> beam.Flatten().with_output_types(Record)
+        # Each record set is folded into report blocks in the step that makes it, so that the
+        # Flatten gathers blocks (a few bytes a record), not records: a runner holds it whole.
+        blocks = [records | f"RecordBlocks{i}" >> beam.ParDo(ToBlocks()) for i, records in enumerate(record_sets)]
+        return tuple(blocks) | "AllBlocks" >> beam.Flatten()

@@ -166,8 +166,13 @@ def relative_to(root: str, path: str) -> str | None:
 
 
 def relative_to_normal(root: str, path: str) -> str | None:
-    """`relative_to` for a `path` that is already `normalize`d (one normalisation less per row)."""
+    """`relative_to` for a `path` that is already `normalize`d (one normalisation less per row).
+    Below the current folder (a root of `.`) lies every relative path that does not climb out."""
     prefix = folder_prefix(root)
+    if prefix == "./":
+        inside = path and not has_scheme(path) and not path.startswith("/") and path != ".." \
+            and not path.startswith("../")
+        return path if inside else None
     return path[len(prefix):] if path.startswith(prefix) else None
 
 

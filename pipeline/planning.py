@@ -279,7 +279,8 @@ def output_path(cfg: RunConfig, job: Job, extension: str | None = None) -> str:
         relative = relative + extension
     marked = marked_folder(cfg.output)
     target = storage.join(marked, relative)
-    if not is_plain(relative) and (relative_to(marked, target) is None or relative.startswith("/")):
+    plain = is_plain(relative) and "\\" not in relative and ":" not in relative
+    if not plain and (relative_to(marked, target) is None or relative.startswith("/")):
         raise StepFailure("bad_path", f"output path for {job.relative!r} would leave the output folder")
     return target
 

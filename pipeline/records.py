@@ -47,8 +47,8 @@ class Record(dict):
 class RecordCoder(beam.coders.Coder):
     """A record encoded without the keys that still hold a new record's value (`lean_record`:
     about half the bytes of a record that failed early) and decoded whole (`full_record`). A
-    runner encodes elements where they leave a fused stage: the DirectRunner holds the job's
-    records so encoded in the Flatten that gathers them for the report."""
+    runner encodes elements where they leave a fused stage (the job folds its records into
+    report blocks before they would: `pipeline.blocks`)."""
 
     def __init__(self):
         self._fields = beam.coders.FastPrimitivesCoder()

@@ -85,7 +85,7 @@ def report_prefix(output: str) -> str:
 def build_pipeline(pipeline: beam.Pipeline, cfg: RunConfig, spec: InputSpec, card: ModelCard,
                    codec: PayloadCodec | SaltedCodec, model_dir: str) -> None:
     """Attach the whole job to `pipeline`."""
-    blocks = pipeline | "Watermark" >> Watermark(cfg, spec, card, codec, model_dir, blocks=True)
+    blocks = pipeline | "Watermark" >> Watermark(cfg, spec, card, codec, model_dir)
     (blocks
      | "RecordsToJson" >> beam.Map(RecordBlock.text)
      | "WriteRecords" >> beam.io.WriteToText(FileSystems.join(report_prefix(cfg.output), "images"),

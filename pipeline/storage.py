@@ -1,6 +1,7 @@
 """Storage for the job: whole-file reads, atomic writes, bounded retries of transient I/O errors,
-and output paths that cannot escape their folder. Everything goes through Beam's ``FileSystems``
-(local paths and gs:// alike)."""
+and output paths that cannot escape their folder. URIs (gs:// and any other scheme) go through
+Beam's ``FileSystems``; local paths are read with ``open`` and joined with ``os.path.join``, as
+Beam's local filesystem does, without looking it up for every call."""
 
 from __future__ import annotations
 

@@ -255,3 +255,13 @@ def test_resolve_image_shortcut_matches_the_normalised_join(root, image):
     if is_plain(image.strip()):
         assert error is None and path == normalize(root.rstrip("/") + "/" + image.strip())
     assert not is_plain("/abs/x.jpg") and not is_plain("gs://b/x.jpg") and not is_plain("a/")
+
+
+@pytest.mark.parametrize("image, expected", [("a.jpg", "a.jpg"), ("./a.jpg", "a.jpg"), ("sub/../a.jpg", "a.jpg"),
+                                             ("sub/a.jpg", "sub/a.jpg"), ("../a.jpg", None), ("a/../../b.jpg", None)])
+def test_resolve_image_below_the_current_folder(image, expected):
+    """A root of `.` (an `--input` that names a file in the current folder): relative images that
+    stay below it resolve, plain or not; those that climb out are refused."""
+    from pipeline.manifest import resolve_image
+    path, error = resolve_image(".", image)
+    assert path == expected and (error is None) == (expected is not None), (path, error)

@@ -306,3 +306,12 @@ def test_luma_of_a_pillow_rgbx_view_equals_that_of_a_copy():
     view = image_pixels(image)[0]
     assert not view.flags.c_contiguous  # Pillow's 4-byte pixels, seen as RGB
     np.testing.assert_array_equal(analysis_luma(view)[0], analysis_luma(np.ascontiguousarray(view))[0])
+
+
+@pytest.mark.parametrize("shape", [(56, 1043), (1043, 56), (56, 1100)])
+def test_a_thin_image_whose_period_range_is_almost_empty_reads_without_error(templates, shape):
+    """Half the shorter analysis side only just above the shortest period searched: no lattice,
+    no exception."""
+    pixels = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+    hypotheses = synchronise(pixels, templates, 3, layout_period=period_for(*shape))
+    assert all(h.z < MAX_NULL_Z for h in hypotheses)

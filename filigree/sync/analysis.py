@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+try:
+    from numpy.lib.array_utils import byte_bounds
+except ImportError:  # numpy < 2
+    from numpy import byte_bounds
 from PIL import Image
 
 ANALYSIS_LONG_SIDE = 1024
@@ -72,7 +76,12 @@ def _rgbx_or_copy(array: np.ndarray) -> np.ndarray:
         return array
     h, w, c = array.shape
     if c == 3 and array.strides[1:] == (4, 1) and array.strides[0] == 4 * w:
-        return np.lib.stride_tricks.as_strided(array, shape=(h, w, 4), strides=(4 * w, 4, 1), writeable=False)
+        rows = np.lib.stride_tricks.as_strided(array, shape=(h, w, 4), strides=(4 * w, 4, 1), writeable=False)
+        base = array
+        while isinstance(base.base, np.ndarray):
+            base = base.base
+        if byte_bounds(rows)[1] <= byte_bounds(base)[1]:  # the fourth byte is in the buffer
+            return rows
     return np.ascontiguousarray(array)
 
 

@@ -1,4 +1,4 @@
-"""Read side, step 4 (spectral): the layout's lattice from a comb over the image's spectrum.
+"""Read side, step 4: the layout's lattice from a comb over the image's spectrum.
 
 A mark that repeats with the square lattice of period vectors v1, v2 (|v1| = |v2| = p, angle
 theta) puts all its energy on the reciprocal lattice: the frequencies R_theta (a, b) / p for
@@ -78,8 +78,9 @@ def _rings(h: int, half: int) -> tuple[np.ndarray, np.ndarray]:
     fy = np.fft.fftfreq(h)[:, None] * max(h, width)
     fx = np.fft.rfftfreq(width)[None, :] * max(h, width)
     ring = np.rint(np.hypot(fy, fx)).astype(np.intp)
-    ring.flags.writeable = False
-    return ring, np.maximum(np.bincount(ring.ravel()), 1)
+    count = np.maximum(np.bincount(ring.ravel()), 1)
+    ring.flags.writeable = count.flags.writeable = False
+    return ring, count
 
 
 def _ring_mean(power: np.ndarray) -> np.ndarray:
@@ -89,12 +90,21 @@ def _ring_mean(power: np.ndarray) -> np.ndarray:
     return (total / count).astype(np.float32)[ring]
 
 
+def _smooth_even_length(n: int) -> int:
+    """Largest even m <= n whose prime factors are 2, 3 and 5 (an FFT-friendly even width)."""
+    for m in range(n - (n % 2), 1, -2):
+        if _smooth_length(m) == m:
+            return m
+    return 2
+
+
 def normalised_power(w: np.ndarray) -> np.ndarray:
     """float32 [h', w' // 2 + 1]: the whitened image's rfft2 power over its local level
-    (clipped at `POWER_CLIP`), on FFT-friendly sides h', w' (`_smooth_length`). The local level
+    (clipped at `POWER_CLIP`), on FFT-friendly sides h', w' (`_smooth_length`; w' even, so that
+    the rfft's last column is Nyquist and the width is 2 (w' // 2 + 1 - 1)). The local level
     comes from power clipped at a few times its ring's mean, so that a strong mark's own lines
     (several in every box) do not raise the level they are measured against."""
-    h, wd = (_smooth_length(n) for n in np.shape(w))
+    h, wd = _smooth_length(np.shape(w)[0]), _smooth_even_length(np.shape(w)[1])
     x = np.asarray(w, dtype=np.float32)[:h, :wd]
     x = x - x.mean(dtype=np.float64).astype(np.float32)
     spectrum = np.fft.rfft2(x)
@@ -164,6 +174,8 @@ def comb_lattices(w: np.ndarray, scale: tuple[float, float], count: int = 3) -> 
     norm = normalised_power(w)
     zmap = comb_map(norm, 1)
     periods, angles, coarse = log_polar_scores(comb_map(norm, 2), lo, hi)
+    if coarse.size == 0:
+        return []
     full = band_points(*TEMPLATE_BAND)
     found: list[Lattice] = []
     for _ in range(_TRIES):
@@ -225,7 +237,7 @@ def log_polar_scores(zmap: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray
     folded = np.where(grid.inside, zmap.ravel()[grid.index], np.float32(0.0)).sum(axis=0)
     size = grid.spectrum.shape[0]
     sums = np.fft.irfft2(np.fft.rfft2(folded, s=(size, folded.shape[1])) * grid.spectrum, s=(size, folded.shape[1]))
-    keep = (grid.periods >= lo) & (grid.periods <= hi)
+    keep = (grid.periods >= lo) & (grid.periods <= hi * (1.0 + 1e-9))
     scores = sums[keep] / np.sqrt(np.maximum(grid.counts[keep], 1.0))
     scores[grid.counts[keep] < 16] = -np.inf
     return grid.periods[keep], grid.angles, scores.astype(np.float32)
@@ -266,7 +278,10 @@ def _log_polar_grid(height: int, half: int, hi: float) -> _LogPolarGrid:
     # shift m puts the pattern's ln 3 at rho0 + m LOG_STEP: ln p = ln 3 - rho0 - m LOG_STEP
     periods = np.exp(np.log(band_lo) - rho0 - LOG_STEP * np.arange(size))
     angles = (ANGLE_STEP * np.arange(phi_bins) + 45.0) % 90.0 - 45.0
-    return _LogPolarGrid(np.stack(index), np.stack(inside), spectrum.astype(np.complex64), counts, periods, angles)
+    grid = _LogPolarGrid(np.stack(index), np.stack(inside), spectrum.astype(np.complex64), counts, periods, angles)
+    for array in (grid.index, grid.inside, grid.spectrum, grid.counts, grid.periods, grid.angles):
+        array.flags.writeable = False
+    return grid
 
 
 def _same(period: float, angle: float, basis: np.ndarray) -> bool:

@@ -1,4 +1,5 @@
-"""Read side, step 4: the layout's period lattice from the autocorrelation's peaks.
+"""Key-less presence: the layout's period lattice from the autocorrelation's peaks (the read
+itself finds the lattice with the spectral comb, `comb.py`).
 
 The layout is square in the marked image's pixels, and every edit the reader must survive
 (crop, shift, uniform rescale, rotation, mirror, quarter turn) keeps it square. So a lattice is

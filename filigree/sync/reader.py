@@ -87,10 +87,9 @@ def synchronise(
     lattices of the spectral comb (`comb_lattices`: any period and angle) and registered
     against the templates (Pereira & Pun 2000); the best is refined (`refine_lattice`).
     `layout_period` (input pixels) adds one hypothesis first: the image as marked, unedited (a
-    square lattice of that period at pixel (0, 0)). The max_lattices + 2 hypotheses
-    with the highest template z are returned (the template is key-derived and apart from the
-    payload's bits, so this choice does not bias the payload's p-value); a read that decodes
-    them must count them all in its p-value. An image too small, too thin or flat to hold a
+    square lattice of that period at pixel (0, 0)). At most max_lattices + 1 hypotheses, highest
+    template z first; a read that decodes them must count them all in its p-value (the periodic
+    layout's contract counts max_lattices + 2). An image too small, too thin or flat to hold a
     lattice gives []; a malformed array raises ValueError.
     """
     analysis = analyse(pixels)
@@ -126,13 +125,14 @@ def analyse(pixels: np.ndarray | Image.Image) -> tuple[np.ndarray, tuple[float, 
     return w, scale
 
 
-def periodicity(w: np.ndarray, scale: tuple[float, float]) -> float:
+def periodicity(w: np.ndarray, scale: tuple[float, float], candidates: int = 3) -> float:
     """The key-less presence statistic of a periodic mark: the best autocorrelation lattice
-    score (`lattice_candidates`; Kutter 1998) of a whitened analysis image, 0 without one."""
+    score (`lattice_candidates` with `candidates` lattices, as `FOREIGN_LATTICE_SCORE` was
+    measured; Kutter 1998) of a whitened analysis image, 0 without one."""
     ac = autocorrelation(w)
     if not np.any(ac):
         return 0.0
-    lattices = lattice_candidates(ac, scale, 1)
+    lattices = lattice_candidates(ac, scale, candidates)
     return float(lattices[0].score) if lattices else 0.0
 
 
@@ -166,7 +166,7 @@ def hypotheses_of(
                 found[best] = again if again.z > found[best].z else found[best]
     hypotheses += found
     hypotheses.sort(key=lambda h: -h.z)
-    return hypotheses[: max_lattices + 2]
+    return hypotheses
 
 
 def _same_lattice(basis: np.ndarray, other: np.ndarray, tolerance: float = 0.003) -> bool:
