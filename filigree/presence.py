@@ -12,9 +12,9 @@ in docs/formats.md): unmarked 0.78-1.18, marked with another key 2.32-25.2. `FOR
 sits between. A single-tile grid (images under twice the bundle's minimum tile) has no spread
 to measure, so only a same-key read applies there.
 
-The periodic layout (the bundled model) repeats one tile with a fixed period whatever the key,
-so its key-less statistic is the strength of that period in the whitened image's
-autocorrelation (`filigree.sync`'s lattice score; `existing_periodic_mark`).
+The periodic layout (bundles that declare it) repeats one tile with a fixed period whatever
+the key, so its key-less statistic is the strength of that period in the whitened image's
+autocorrelation (`filigree.sync.periodicity`; `existing_periodic_mark`).
 """
 
 from __future__ import annotations

@@ -166,12 +166,12 @@ def comb_lattices(w: np.ndarray, scale: tuple[float, float], count: int = 3) -> 
     band (`comb_scores`) and replaced by its best integer multiple (2 to 4 times the period)
     when that multiple's extra points hold energy too. scale: (sy, sx) of the analysis image.
     [] when the image is too small or holds no lattice scoring `MIN_SCORE`."""
-    h_fft = _smooth_length(np.shape(w)[0])
     lo = MIN_PERIOD * float(np.mean(scale))
     hi = min(np.shape(w)) / 2.0
     if hi <= lo:
         return []
     norm = normalised_power(w)
+    h_fft = norm.shape[0]
     zmap = comb_map(norm, 1)
     periods, angles, coarse = log_polar_scores(comb_map(norm, 2), lo, hi)
     if coarse.size == 0:
@@ -192,8 +192,7 @@ def comb_lattices(w: np.ndarray, scale: tuple[float, float], count: int = 3) -> 
         period, angle, score = _best_multiple(zmap, h_fft, period, angle, score, full, hi)
         period, angle, score = _upright(zmap, h_fft, period, angle, score, full)
         basis = _square_basis(period, angle)
-        if any(_same(period, angle, f.basis) or is_sublattice(f.basis[0], basis) or is_sublattice(basis[0], f.basis)
-               for f in found):
+        if any(is_sublattice(f.basis[0], basis) or is_sublattice(basis[0], f.basis) for f in found):
             continue  # the same lattice, a finer one (a subset of its spectral points) or a coarser one
         found.append(Lattice(basis=basis, score=score))
     found.sort(key=lambda lattice: -lattice.score)
@@ -282,13 +281,6 @@ def _log_polar_grid(height: int, half: int, hi: float) -> _LogPolarGrid:
     for array in (grid.index, grid.inside, grid.spectrum, grid.counts, grid.periods, grid.angles):
         array.flags.writeable = False
     return grid
-
-
-def _same(period: float, angle: float, basis: np.ndarray) -> bool:
-    """Whether (period, angle) is the lattice of `basis` (within 2 % and 1 degree)."""
-    other = float(np.hypot(*basis[0]))
-    other_angle = float(np.degrees(np.arctan2(basis[0][1], basis[0][0])))
-    return abs(period / other - 1.0) < 0.02 and abs(angle - other_angle) < 1.0
 
 
 def _refine(zmap, height, period, angle, points, period_step, angle_step):

@@ -116,10 +116,9 @@ def locate_template(folded: np.ndarray, templates: np.ndarray, spacing: float = 
     the image was. The fold's spectrum is limited to the templates' band; the z-score of each
     of the T x 8 correlation surfaces is (value - mean) / std over its n^2 shifts.
     """
-    f = np.asarray(folded, dtype=np.float32)
-    n = f.shape[-1]
+    n = np.shape(folded)[-1]
     bank = templates if np.iscomplexobj(templates) else template_bank(templates)
-    spectrum = np.fft.rfft2(f - f.mean()) * prediction_response(n, spacing)
+    spectrum = _fold_spectrum(folded, spacing)
     surfaces = np.fft.irfft2(bank * spectrum.astype(np.complex64), s=(n, n))  # [T, 8, n, n]
     flat = surfaces.reshape(surfaces.shape[0], 8, -1)
     mean = flat.mean(-1, keepdims=True)
@@ -127,40 +126,41 @@ def locate_template(folded: np.ndarray, templates: np.ndarray, spacing: float = 
     z = (flat - mean) / np.where(std > 0, std, 1.0)
     best = int(np.argmax(z))
     t, d, k = np.unravel_index(best, z.shape)
-    surface = z[t, d].reshape(n, n)
-    y, x = divmod(int(k), n)
-    shift = (
-        (y + _parabolic(surface[(y - 1) % n, x], surface[y, x], surface[(y + 1) % n, x])) % n,
-        (x + _parabolic(surface[y, (x - 1) % n], surface[y, x], surface[y, (x + 1) % n])) % n,
-    )
+    shift = _subsample_peak(z[t, d].reshape(n, n), *divmod(int(k), n))
     return TemplateMatch(template=int(t), dihedral=int(d), shift=shift, z=float(z[t, d, k]))
 
 
-def template_shift(folded: np.ndarray, spectrum: np.ndarray, spacing: float = 1.0,
-                   near: tuple[float, float] | None = None, reach: int = 3) -> tuple[tuple[float, float], float]:
-    """((dy, dx), z): where one known template variant sits in a folded tile, as in
-    `locate_template` but for a single correlation surface, and, given `near`, only within
-    `reach` samples of it (cyclically). spectrum: one entry `template_bank(...)[t, d]`,
-    complex [n, n // 2 + 1]."""
-    f = np.asarray(folded, dtype=np.float32)
-    n = f.shape[-1]
-    product = np.fft.rfft2(f - f.mean()) * prediction_response(n, spacing) * spectrum
-    surface = np.fft.irfft2(product, s=(n, n))
+def template_shift(folded: np.ndarray, spectrum: np.ndarray, spacing: float,
+                   near: tuple[float, float], reach: int = 3) -> tuple[tuple[float, float], float]:
+    """((dy, dx), z): where one known template variant sits in a folded tile within `reach`
+    samples (cyclically) of `near`, as `locate_template` finds it on a single correlation
+    surface. spectrum: one entry `template_bank(...)[t, d]`, complex [n, n // 2 + 1]."""
+    n = np.shape(folded)[-1]
+    surface = np.fft.irfft2(_fold_spectrum(folded, spacing) * spectrum, s=(n, n))
     std = surface.std()
     z = (surface - surface.mean()) / (std if std > 0 else 1.0)
-    if near is None:
-        y, x = divmod(int(np.argmax(z)), n)
-    else:
-        rows = (int(round(near[0])) + np.arange(-reach, reach + 1)) % n
-        cols = (int(round(near[1])) + np.arange(-reach, reach + 1)) % n
-        window = z[np.ix_(rows, cols)]
-        i, j = divmod(int(np.argmax(window)), window.shape[1])
-        y, x = int(rows[i]), int(cols[j])
-    shift = (
-        (y + _parabolic(z[(y - 1) % n, x], z[y, x], z[(y + 1) % n, x])) % n,
-        (x + _parabolic(z[y, (x - 1) % n], z[y, x], z[y, (x + 1) % n])) % n,
+    rows = (int(round(near[0])) + np.arange(-reach, reach + 1)) % n
+    cols = (int(round(near[1])) + np.arange(-reach, reach + 1)) % n
+    i, j = divmod(int(np.argmax(z[np.ix_(rows, cols)])), len(cols))
+    y, x = int(rows[i]), int(cols[j])
+    return _subsample_peak(z, y, x), float(z[y, x])
+
+
+def _fold_spectrum(folded: np.ndarray, spacing: float) -> np.ndarray:
+    """rfft2 of a folded tile less its mean, through the whitening's response at `spacing`
+    analysis pixels per sample (what the templates are correlated with)."""
+    f = np.asarray(folded, dtype=np.float32)
+    return np.fft.rfft2(f - f.mean()) * prediction_response(f.shape[-1], spacing)
+
+
+def _subsample_peak(surface: np.ndarray, y: int, x: int) -> tuple[float, float]:
+    """The peak at sample (y, x) of a circular surface [n, n], refined to a sub-sample
+    position by a parabola through its neighbours along each axis, each in [0, n)."""
+    n = surface.shape[-1]
+    return (
+        (y + _parabolic(surface[(y - 1) % n, x], surface[y, x], surface[(y + 1) % n, x])) % n,
+        (x + _parabolic(surface[y, (x - 1) % n], surface[y, x], surface[y, (x + 1) % n])) % n,
     )
-    return shift, float(z[y, x])
 
 
 def _parabolic(m: float, c: float, p: float) -> float:
