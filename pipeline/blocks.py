@@ -89,17 +89,9 @@ class ToBlocks(beam.DoFn):
             yield GlobalWindows.windowed_value(block)
 
 
-class BlockSummaryFn(beam.CombineFn):
-    """`RecordBlock`s -> the run summary dict (`SummaryFn`'s), from their accumulators."""
-
-    def create_accumulator(self) -> SummaryAccumulator:
-        return SummaryAccumulator()
+class BlockSummaryFn(SummaryFn):
+    """`RecordBlock`s -> the run summary dict: `SummaryFn`, whose inputs are blocks, each
+    merged in through its accumulator."""
 
     def add_input(self, accumulator: SummaryAccumulator, block: RecordBlock) -> SummaryAccumulator:
         return merge([accumulator, block.summary])
-
-    def merge_accumulators(self, accumulators: Iterable[SummaryAccumulator]) -> SummaryAccumulator:
-        return merge(accumulators)
-
-    def extract_output(self, accumulator: SummaryAccumulator) -> dict:
-        return SummaryFn().extract_output(accumulator)
