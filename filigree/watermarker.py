@@ -304,8 +304,9 @@ class Watermarker:
         `fpr`, and `ber`/`match` against `expected` when given (`ReadResult` says what each
         promises). `reframe` (True, or a `SearchConfig`; None/False: off): a read that is not
         conclusive (detected with its payload decoded) searches for a crop of the marked frame
-        (see `filigree.reframe`); a periodic bundle's read already searches every lattice. Raises TypeError for a non-image or a bad `reframe`,
-        `PayloadError` (a ValueError) for an expected payload that does not fit."""
+        (see `filigree.reframe`); a periodic bundle's read already searches every lattice.
+        Raises TypeError for a non-image or a bad `reframe`, `PayloadError` (a ValueError) for an
+        expected payload that does not fit."""
         if not isinstance(image, Image.Image):
             raise TypeError(f"image must be a PIL.Image.Image, not {type(image).__name__}")
         config = search_config(reframe)
