@@ -15,7 +15,7 @@ from filigree.attacks import parse_suite
 from filigree.bundle import ModelCard
 from filigree.capacity import visibility_failure
 from filigree.payload import PayloadCodec
-from filigree.periodic import MIN_PERIODS, PeriodicMarker, SaltedCodec, eight_bit_scale, too_small
+from filigree.periodic import MIN_PERIODS, QUALITY_MARGIN, PeriodicMarker, SaltedCodec, eight_bit_scale, too_small
 from filigree.presence import ExistingMark, existing_mark, existing_periodic_mark
 from filigree.imaging import decode, encode, metrics
 from filigree.imaging.depth import mark_samples
@@ -82,7 +82,7 @@ class MarkAndWrite(beam.DoFn):
             except Exception as exc:  # noqa: BLE001 - this image's failure, reported in its record
                 raise StepFailure("encode_failed", f"cannot mark or encode: {type(exc).__name__}: {exc}"[:500]) from None
             record.update(psnr=psnr if math.isfinite(psnr) else None, output_bytes=len(data),
-                          output_quality=encode.output_quality(decoded, cfg.jpeg_quality),
+                          output_quality=self._output_quality(decoded),
                           size_ratio=size_ratio(len(data), record.get("source_bytes")))
             failure = visibility_failure(psnr, cfg.min_psnr)
             if failure is not None:
@@ -110,6 +110,12 @@ class MarkAndWrite(beam.DoFn):
         read = self.periodic.decode_views(source_logits, item.contexts["clean"], None, self.cfg.fpr)
         return existing_periodic_mark(read, item.lattice_score)
 
+    def _output_quality(self, decoded: decode.DecodedImage) -> int | None:
+        """The quality the marked image is written at (`encode.output_quality`): a periodic
+        bundle's faint mark takes `QUALITY_MARGIN` points above the source's."""
+        margin = QUALITY_MARGIN if self.periodic is not None else 0
+        return encode.output_quality(decoded, self.cfg.jpeg_quality, margin)
+
     def _marked_pixels(self, decoded: decode.DecodedImage, inference: dict, salt: int | None) -> np.ndarray:
         """The marked copy of the native pixels."""
         depth = decoded.depth
@@ -131,7 +137,7 @@ class MarkAndWrite(beam.DoFn):
         cfg = self.cfg
         depth = decoded.depth
         marked = self._marked_pixels(decoded, inference, salt)
-        quality = encode.output_quality(decoded, cfg.jpeg_quality)
+        quality = self._output_quality(decoded)
         data = encode.encode_image(decoded, marked, jpeg_quality=quality or encode.UNKNOWN_SOURCE_QUALITY)
         del marked
         written = decode.decode_image(data, max_pixels=max(cfg.max_pixels, decoded.width * decoded.height))

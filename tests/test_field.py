@@ -259,6 +259,11 @@ def test_output_quality_rules():
     assert encode.output_quality(decoded("JPEG", 40)) == encode.MIN_MARK_QUALITY
     assert encode.output_quality(decoded("JPEG", 88)) == 88
     assert encode.output_quality(decoded("JPEG", 40), requested=50) == 50
+    assert encode.output_quality(decoded("JPEG", 88), margin=5) == 93
+    assert encode.output_quality(decoded("JPEG", 98), margin=5) == 100
+    assert encode.output_quality(decoded("JPEG", 60), margin=5) == encode.MIN_MARK_QUALITY
+    assert encode.output_quality(decoded("JPEG", 88), requested=80, margin=5) == 80  # asked for: as asked
+    assert encode.output_quality(decoded("PNG", None), margin=5) is None
     assert encode.output_quality(decoded("PNG", None)) is None
     assert encode.output_quality(decoded("WEBP", None, lossless=True)) is None
     assert encode.output_quality(decoded("HEIF", 80)) == encode.UNKNOWN_SOURCE_QUALITY  # not estimated

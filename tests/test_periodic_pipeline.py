@@ -55,6 +55,17 @@ def test_embed_reads_back_after_geometric_attacks(embedded):
             assert record["attacks"][attack]["match"] is True, (name, attack, record["attacks"][attack])
 
 
+def test_marked_jpeg_is_written_above_its_source_quality(embedded):
+    """The faint periodic mark is written `QUALITY_MARGIN` points above the source's quality
+    (a re-save with the source's own tables would put most of it back)."""
+    from filigree.periodic import QUALITY_MARGIN
+    record = embedded["records"]["building.jpg"]
+    assert record["source_quality"] == 92
+    assert record["output_quality"] == 92 + QUALITY_MARGIN
+    from filigree.imaging.decode import decode_image
+    assert decode_image(Path(record["output"]).read_bytes()).quality == 92 + QUALITY_MARGIN
+
+
 def test_an_image_too_small_for_the_layout_is_refused(embedded):
     record = embedded["records"]["tiny.png"]
     assert (record["status"], record["error_code"]) == ("error", "too_small"), record

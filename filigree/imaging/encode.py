@@ -30,12 +30,14 @@ _XMP_TAG = 700
 _LOSSLESS_TIFF = frozenset({"raw", "tiff_lzw", "tiff_adobe_deflate", "packbits"})
 
 
-def output_quality(decoded: DecodedImage, requested: int | None = None) -> int | None:
+def output_quality(decoded: DecodedImage, requested: int | None = None, margin: int = 0) -> int | None:
     """The quality a marked image is written at: `requested` when given; else the source's
-    estimated quality (`DecodedImage.quality`: JPEG and lossy WebP), raised to the format's floor
-    (`MIN_WEBP_MARK_QUALITY` for WebP, else `MIN_MARK_QUALITY`) when lower, or
-    `UNKNOWN_SOURCE_QUALITY` when unknown. None for outputs without a quality setting (PNG,
-    BMP, lossless WebP, TIFF without JPEG compression)."""
+    estimated quality (`DecodedImage.quality`: JPEG and lossy WebP) plus `margin` points (at
+    most 100), raised to the format's floor (`MIN_WEBP_MARK_QUALITY` for WebP, else
+    `MIN_MARK_QUALITY`) when lower, or `UNKNOWN_SOURCE_QUALITY` when unknown. None for outputs
+    without a quality setting (PNG, BMP, lossless WebP, TIFF without JPEG compression).
+    A faint mark needs the margin: re-quantised with its source's own tables, most of it
+    falls back into the source's quantisation bins (`filigree.periodic.QUALITY_MARGIN`)."""
     fmt = decoded.output_format
     lossy = (fmt in LOSSY_FORMATS or (fmt == "WEBP" and not decoded.lossless)
              or (fmt == "TIFF" and decoded.compression == "jpeg" and decoded.output_mode in ("L", "RGB")))
@@ -46,7 +48,7 @@ def output_quality(decoded: DecodedImage, requested: int | None = None) -> int |
     if decoded.quality is None:
         return UNKNOWN_SOURCE_QUALITY
     floor = MIN_WEBP_MARK_QUALITY if fmt == "WEBP" else MIN_MARK_QUALITY
-    return max(int(decoded.quality), floor)
+    return max(min(int(decoded.quality) + int(margin), 100), floor)
 
 
 def encode_image(
