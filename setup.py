@@ -55,6 +55,7 @@ EXTRAS_REQUIRE = {
 PACKAGE_DATA = {
     "filigree": [
         "data/model/**",
+        "data/periodic/**",
         "data/samples/*",
     ],
 }

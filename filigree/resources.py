@@ -1,12 +1,19 @@
 """Filesystem paths of the data shipped inside the `filigree` package.
 
-`filigree/data/` is package data, not a Python package: it holds the bundled model bundle
-(`data/model/`, see docs/bundle.md) and a few sample photos (`data/samples/`, licences in
-`data/samples/LICENSE.md`). Both are installed with the package, editable or not.
+`filigree/data/` is package data, not a Python package: it holds the bundled model bundles
+(`data/model/`, the default, and `data/periodic/`; see docs/bundle.md and `BUNDLED_MODELS`)
+and a few sample photos (`data/samples/`, licences in `data/samples/LICENSE.md`). All are
+installed with the package, editable or not.
 """
 
+import os
 from importlib.resources import files
 from pathlib import Path
+
+BUNDLED_MODELS = {"default": "model", "periodic": "periodic"}
+"""Names of the model bundles that ship with the package, and their folders under
+`filigree/data/`: `default`, the tiled layout; `periodic`, the re-synchronisable periodic layout
+(docs/sync.md)."""
 
 
 def _data_path(*parts: str) -> str:
@@ -26,9 +33,26 @@ def _data_path(*parts: str) -> str:
     return str(resource.resolve())
 
 
-def bundled_model_dir() -> str:
-    """Returns the directory of the model bundle that ships with the package."""
-    return _data_path("model")
+def bundled_model_dir(name: str = "default") -> str:
+    """Returns the directory of the bundled model called `name` (`BUNDLED_MODELS`).
+
+    Raises:
+        ValueError: for a name that is not a bundled model.
+    """
+    if name not in BUNDLED_MODELS:
+        raise ValueError(f"no bundled model called {name!r}; bundled: {', '.join(BUNDLED_MODELS)}")
+    return _data_path(BUNDLED_MODELS[name])
+
+
+def model_dir_of(model: str | None) -> str:
+    """The bundle directory that a model argument names: None is the default bundled model; a
+    name of `BUNDLED_MODELS` is that bundled model, unless a directory of that name exists (a
+    path always wins); anything else (a local path, a gs:// URI) is returned unchanged."""
+    if model is None:
+        return bundled_model_dir()
+    if model in BUNDLED_MODELS and not os.path.isdir(model):
+        return bundled_model_dir(model)
+    return model
 
 
 def bundled_samples_dir() -> str:

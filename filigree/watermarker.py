@@ -217,11 +217,11 @@ class Watermarker:
     def load(cls, model_dir: str | None = None, key: bytes | str | None = None, *,
              strength: float | None = None, fpr: float = 1e-6,
              max_grid: int | None = None) -> "Watermarker":
-        """Load a bundle (default: the one shipped with the package) with an optional key."""
-        if model_dir is None:
-            from filigree.resources import bundled_model_dir
-            model_dir = bundled_model_dir()
-        bundle = load_bundle(model_dir)
+        """Load a bundle with an optional key. `model_dir`: a bundle directory, or the name of a
+        bundled model (`filigree.resources.BUNDLED_MODELS`: "default", "periodic"); None is the
+        default bundled model."""
+        from filigree.resources import model_dir_of
+        bundle = load_bundle(model_dir_of(model_dir))
         return cls(bundle, codec_for_card(bundle.card, key), strength, fpr, max_grid)
 
     @property

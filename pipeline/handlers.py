@@ -74,21 +74,26 @@ def batch_slots(element: Any, slot_bytes: int) -> int:
 
 
 def travelling_model_dir(model_dir: str | None) -> str | None:
-    """The model directory as it travels to workers: the bundled model as None, not as the
-    launching machine's path (a venv or a checkout that workers do not have), so each worker
-    finds its own installed copy."""
-    from filigree.resources import bundled_model_dir
-    bundled = model_dir is not None and _same_dir(model_dir, bundled_model_dir())
-    return None if bundled else model_dir
+    """The model directory as it travels to workers: a bundled model by its name (None for the
+    default), not as the launching machine's path (a venv or a checkout that workers do not
+    have), so each worker finds its own installed copy."""
+    from filigree.resources import BUNDLED_MODELS, bundled_model_dir
+    if model_dir is None:
+        return None
+    for name in BUNDLED_MODELS:
+        if _same_dir(model_dir, bundled_model_dir(name)):
+            return None if name == "default" else name
+    return model_dir
 
 
 def load_worker_bundle(model_dir: str | None, verbose: bool = False):
-    """Load a bundle on a worker (None: the bundled model); TensorFlow's start-up lines stay off
-    the console unless `verbose` (see `pipeline.console`)."""
+    """Load a bundle on a worker (None: the default bundled model; a bundled model's name:
+    that one); TensorFlow's start-up lines stay off the console unless `verbose` (see
+    `pipeline.console`)."""
     quiet_native_logs(verbose)
     from filigree.bundle import load_bundle
-    from filigree.resources import bundled_model_dir
-    return load_bundle(model_dir or bundled_model_dir())
+    from filigree.resources import model_dir_of
+    return load_bundle(model_dir_of(model_dir))
 
 
 class SharedBundle:

@@ -28,7 +28,8 @@ class RunConfig:
     output: str = "out"
     """Output prefix: `marked/` and `report/` go under it."""
     model: str | None = None
-    """Model bundle directory (default: the bundled model)."""
+    """Model bundle directory, or a bundled model's name (`filigree.resources.BUNDLED_MODELS`);
+    None: the default bundled model."""
     assignments: str | None = None
     """CSV (`image,payload`) or JSONL manifest of payloads per image: one file or a glob of shards."""
     payload: str | None = None
@@ -81,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", help="file, folder, glob or prefix, local or gs:// "
                                         "(default: the bundled samples and their assignments.csv)")
     parser.add_argument("--output", default="out", help="output prefix, local or gs:// (default: ./out)")
-    parser.add_argument("--model", help="model bundle directory, local or gs:// (default: bundled model)")
+    parser.add_argument("--model", help="model bundle directory, local or gs://, or a bundled model's name: "
+                                         "default (tiled layout) or periodic (re-synchronisable after crops, "
+                                         "rotations, mirrors and screenshots; docs/sync.md); default: default")
     parser.add_argument("--assignments", help="CSV (header image,payload) or JSONL manifest: one file or a "
                                               "glob of shards, read in parallel")
     parser.add_argument("--payload", help="payload for every image without a manifest row "

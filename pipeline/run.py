@@ -167,10 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg, key, beam_args = parse_run_args(argv)
         quiet_native_logs(cfg.verbose)
-        model_dir = cfg.model
-        if model_dir is None:
-            from filigree.resources import bundled_model_dir
-            model_dir = bundled_model_dir()
+        from filigree.resources import model_dir_of
+        model_dir = model_dir_of(cfg.model)
         card = read_card(model_dir)
         codec = codec_for_card(card, key)
         if cfg.payload is not None:

@@ -139,10 +139,11 @@ def test_samples_are_shipped_with_their_licence(shipped_data):
     assert set(photos) | {samples / "LICENSE.md"} <= shipped_data
 
 
-def test_bundled_model_is_shipped(shipped_data):
-    model = DATA / "model"
+@pytest.mark.parametrize("folder", ["model", "periodic"])
+def test_bundled_model_is_shipped(shipped_data, folder):
+    model = DATA / folder
     if not (model / "model.json").exists():
-        pytest.skip("no bundled model in filigree/data/model yet")
+        pytest.skip(f"no bundled model in filigree/data/{folder} yet")
     expected = [model / "model.json"]
     for part in ("embedder", "extractor"):
         expected += [model / part / "saved_model.pb",
