@@ -29,7 +29,8 @@ from filigree.imaging.jnd import JndConfig, mark_weights
 from filigree.imaging.pixels import LUMA
 from filigree.payload import EccSpec, PayloadCodec, Scrambler, _key_bytes
 from filigree.sync import (period_for, sync_templates, synchronise, synchronise_scored, template_bank,
-                           tile_pattern)
+                           tile_pattern, window_hypotheses)
+from filigree.sync.reader import WINDOW_STEPS
 from filigree.sync.templates import PERIOD_DIVISOR, PERIOD_RANGE, TILE_SIZE
 
 LAYOUT_KIND = "periodic"
@@ -236,10 +237,13 @@ def too_small(height: int, width: int) -> bool:
 
 
 def eight_bit_scale(pixels: np.ndarray) -> np.ndarray:
-    """Native pixels as a reader analyses them: uint8 as they are, uint16 as float32 grey
-    levels on the 8-bit scale (0..255)."""
+    """Pixels as a reader analyses them: uint8 as they are, uint16 as float32 grey levels on
+    the 8-bit scale (0..255), float in [0, 1] (`Watermarker.extract_rgb`) clipped and scaled
+    to float32 0..255."""
     if pixels.dtype == np.uint16:
         return pixels.astype(np.float32) * np.float32(255.0 / 65535.0)
+    if pixels.dtype != np.uint8:
+        return np.clip(pixels, 0.0, 1.0).astype(np.float32) * np.float32(255.0)
     return pixels
 
 
@@ -333,6 +337,22 @@ class PeriodicMarker:
         if not templates:
             return self._nothing(expected)
         return self.decode_views(np.asarray(self.logits_fn(tiles)), templates, expected)
+
+    def search(self, pixels: np.ndarray, expected: str | int | None = None) -> ReadResult:
+        """The deeper search of a read that was not conclusive (`--reframe`): the best
+        hypothesis of each window of the image (`filigree.sync.window_hypotheses`) decoded, the
+        smallest p-value kept and priced by the straight read's `layout.hypotheses` plus the
+        windows searched (Bonferroni over both). Native pixels (8-bit scale). `framing` gives the
+        window that read: ``{"window": [left, top, width, height]}`` in input pixels."""
+        found = window_hypotheses(pixels, self.bank)
+        if not found:
+            return self._nothing(expected)
+        logits = np.asarray(self.logits_fn(self._tiles([h for _, h in found])))
+        decoded = [self.codec.decode(row, h.template, expected, fpr=1.0) for row, (_, h) in zip(logits, found)]
+        best = min(range(len(decoded)), key=lambda i: decoded[i].p_value)
+        tried = self.layout.hypotheses + WINDOW_STEPS ** 2
+        read = decoded[best].judged(self.fpr, decoded[best].p_value * tried)
+        return dataclasses.replace(read, framing={"window": list(found[best][0])})
 
     def _nothing(self, expected) -> ReadResult:
         if expected is None:

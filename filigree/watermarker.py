@@ -25,7 +25,7 @@ from filigree.bundle import LoadedBundle, load_bundle
 from filigree.imaging.kernels import add_residual, resize_to, to_working_size, upsample_residual, working_view
 from filigree.imaging.pixels import LUMA, pil_image, pixel_view, raise_block_size
 from filigree.payload import PayloadCodec, ReadResult
-from filigree.periodic import PeriodicMarker, SaltedCodec, codec_for_card
+from filigree.periodic import PeriodicMarker, SaltedCodec, codec_for_card, eight_bit_scale
 from filigree.reframe import SearchConfig, centred_framings, framed_tile_views, framed_views, framings
 from filigree.tiling import decode_grid, decode_tiles, grid_logits, read_views, tile_views, tiled_residual
 
@@ -279,11 +279,7 @@ class Watermarker:
         not resized) and reads every grid only when that finds nothing; the p-value pays for
         every grid either way (Bonferroni), so stopping early keeps the false-positive rate."""
         if self.periodic is not None:
-            if pixels.dtype == np.uint16:
-                pixels = pixels.astype(np.float32) * np.float32(255.0 / 65535.0)
-            elif pixels.dtype != np.uint8:
-                pixels = np.clip(pixels, 0.0, 1.0) * np.float32(255.0)
-            return self.periodic.read_pixels(pixels, expected)
+            return self.periodic.read_pixels(eight_bit_scale(pixels), expected)
         if self.tiling.max_grid > 1:
             grid = self.tiling.grid_for(*pixels.shape[:2])
             logits = self.logits(tile_views(pixels, grid, self.working_size))
@@ -304,14 +300,20 @@ class Watermarker:
         `fpr`, and `ber`/`match` against `expected` when given (`ReadResult` says what each
         promises). `reframe` (True, or a `SearchConfig`; None/False: off): a read that is not
         conclusive (detected with its payload decoded) searches for a crop of the marked frame
-        (see `filigree.reframe`); a periodic bundle's read already searches every lattice.
+        (see `filigree.reframe`); a periodic bundle's read already searches every lattice, and
+        its deeper search reads windows of the image for a marked piece of it
+        (`PeriodicMarker.search`; the `SearchConfig` does not apply).
         Raises TypeError for a non-image or a bad `reframe`, `PayloadError` (a ValueError) for an
         expected payload that does not fit."""
         if not isinstance(image, Image.Image):
             raise TypeError(f"image must be a PIL.Image.Image, not {type(image).__name__}")
         config = search_config(reframe)
         if self.periodic is not None:
-            return self.read_pixels(image_pixels(image)[0], expected)
+            pixels = eight_bit_scale(image_pixels(image)[0])
+            straight = self.periodic.read_pixels(pixels, expected)
+            if config is None or straight.conclusive:
+                return straight
+            return _better(straight, self.periodic.search(pixels, expected))
         if self.tiling.max_grid == 1:
             straight = self.codec.decode(self.logits(self.view(image)[None])[0], expected=expected, fpr=self.fpr)
         else:

@@ -263,3 +263,51 @@ def test_reads_a_rotation_by_any_angle(wm, photo, marked, degrees):
     read = wm.extract(turned)
     assert read.detected and read.decoded == PAYLOAD, read
     assert not wm.extract(photo.rotate(degrees, resample=Image.Resampling.BICUBIC, expand=True)).detected
+
+
+# -- the deeper search: windows ------------------------------------------------------------------
+def test_window_boxes_cover_every_quarter_sized_piece():
+    from filigree.sync import window_boxes
+    boxes = window_boxes(600, 868)
+    assert len(boxes) == 9 and boxes[0] == (0, 0, 300, 434) and boxes[-1] == (300, 434, 300, 434)
+    for top in range(0, 301, 25):
+        for left in range(0, 435, 31):  # a piece of half of each side, anywhere
+            best = max(min(top + 300, y + h) - max(top, y) for y, _, h, _ in boxes)
+            best_x = max(min(left + 434, x + w) - max(left, x) for _, x, _, w in boxes)
+            assert best >= 0.75 * 300 and best_x >= 0.75 * 434
+
+
+COLLAGE_PLACES = [(0, 0), (400, 250), (200, 120)]
+
+
+def _collage(piece, place):
+    """`piece` at half size pasted at `place` into a dense texture the size of the photo."""
+    host = Image.open(Path(bundled_samples_dir()) / "opencv_aloeL.jpg").convert("RGB").resize(piece.size)
+    host.paste(piece.resize((piece.width // 2, piece.height // 2), Image.Resampling.BICUBIC), place)
+    return host
+
+
+@pytest.mark.parametrize("place", COLLAGE_PLACES)
+def test_reframe_reads_a_marked_photo_pasted_into_another(wm, photo, marked, place):
+    """The straight read misses a half-size marked photo inside a textured one (its lines and
+    fold are diluted by the host); the window search finds it and names the window."""
+    collage = _collage(marked, place)
+    assert not wm.extract(collage).detected
+    read = wm.extract(collage, reframe=True)
+    assert read.detected and read.decoded == PAYLOAD, read
+    left, top, width, height = read.framing["window"]
+    centre = (place[0] + photo.width / 4, place[1] + photo.height / 4)
+    assert left <= centre[0] <= left + width and top <= centre[1] <= top + height
+    assert not wm.extract(_collage(photo, place), reframe=True).detected
+
+
+def test_window_hypotheses_place_the_tile_in_the_whole_image(wm, marked):
+    """A window's hypothesis gives the embedded tile's origin in the whole image: the pasted
+    copy's corner, up to whole periods of the found lattice."""
+    from filigree.sync import window_hypotheses
+    place = COLLAGE_PLACES[1]
+    found = window_hypotheses(np.asarray(_collage(marked, place)), wm.periodic.bank)
+    _, best = max(found, key=lambda pair: pair[1].z)
+    assert best.z > 6
+    steps = np.linalg.solve(best.basis.T, np.array([place[1], place[0]], float) - best.origin)
+    assert np.allclose(steps, np.round(steps), atol=0.05), steps

@@ -3,7 +3,8 @@
 Embed side: `sync_template` (key-derived templates), `period_for`, `tile_pattern` (the tile
 laid out periodically over the image). Read side, in order: `analysis_luma`, `whiten`,
 `comb_lattices` (the lattice from the spectrum), `fold`, `locate_template`, `align`,
-`refine_lattice`; `synchronise` runs them all and returns `SyncHypothesis` objects. The
+`refine_lattice`; `synchronise` runs them all and returns `SyncHypothesis` objects, and
+`window_hypotheses` runs them on windows of the image (a deeper search for marked pieces). The
 autocorrelation's lattices (`autocorrelation`, `lattice_candidates`) give the key-less
 `periodicity` score of the presence test.
 """
@@ -19,6 +20,8 @@ from filigree.sync.reader import (
     refine_lattice,
     synchronise,
     synchronise_scored,
+    window_boxes,
+    window_hypotheses,
 )
 from filigree.sync.templates import (
     TEMPLATE_COUNT,
@@ -36,5 +39,5 @@ __all__ = [
     "analysis_luma", "autocorrelation", "comb_lattices", "dihedral", "embedded_geometry", "fold",
     "lattice_candidates", "locate_template", "period_for", "periodicity", "refine_lattice", "sync_template",
     "sync_templates", "synchronise", "synchronise_scored",
-    "template_bank", "tile_pattern", "undo_dihedral", "whiten",
+    "template_bank", "tile_pattern", "undo_dihedral", "whiten", "window_boxes", "window_hypotheses",
 ]
