@@ -96,7 +96,7 @@ def copy_attack(wm: Watermarker, victims: list[np.ndarray]) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", help="bundle directory (default: the bundled model)")
+    parser.add_argument("--model", help="bundle directory or bundled model name (default: the default model)")
     parser.add_argument("--key", default="filigree-collusion-benchmark")
     parser.add_argument("--images", type=Path, default=HELD_OUT, help="held-out photos (victims)")
     parser.add_argument("--victims", type=int, default=6)

@@ -232,7 +232,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = ["# Watermark quality benchmark", ""]
     lines.append(
         f"Model **{model['name']}** ({model['created']}, {model['training_steps']} training "
-        f"steps; card PSNR {model['metrics'].get('psnr') if model.get('metrics') else '—'}): "
+        f"steps; card PSNR {(model.get('metrics') or {}).get('psnr', '—')}): "
         f"{model['data_bits']} data bits in {model['payload_bits']} raw bits "
         f"(BCH m={model['ecc']['m']}, t={model['ecc']['t']}), working size "
         f"{model['working_size']} px, strength {model['strength']:g}, key: {report['key']}.")

@@ -130,3 +130,11 @@ class ReadResult:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def better_read(straight: ReadResult, searched: ReadResult) -> ReadResult:
+    """The deeper search's read when it is detected and adds to the straight read (which found
+    no mark, or an informed mark without its payload), else the straight read."""
+    if searched.detected and (not straight.detected or searched.decoded is not None):
+        return searched
+    return straight

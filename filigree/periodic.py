@@ -24,11 +24,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from filigree.detection import ReadResult
+from filigree.detection import ReadResult, better_read
 from filigree.imaging.jnd import JndConfig, mark_weights
 from filigree.imaging.pixels import LUMA
 from filigree.payload import EccSpec, PayloadCodec, Scrambler, _key_bytes
-from filigree.sync import (period_for, sync_templates, synchronise, synchronise_scored, template_bank,
+from filigree.sync import (analysis_luma, period_for, sync_templates, synchronise, synchronise_scored, template_bank,
                            tile_pattern, window_hypotheses)
 from filigree.sync.reader import WINDOW_STEPS
 from filigree.sync.templates import PERIOD_DIVISOR, PERIOD_RANGE, TILE_SIZE
@@ -40,9 +40,10 @@ images are refused (`too_small`) rather than marked unreadably."""
 QUALITY_MARGIN = 5
 """Points above the source's estimated quality at which the job writes a marked JPEG or lossy
 WebP (`filigree.imaging.encode.output_quality`). Re-saved with its source's own quantisation
-tables, the faint periodic mark mostly falls back into the source's bins: of the 12 held-out
-JPEG photos marked and saved at the source's quality + d, 9 read back at d = 0, 11 at d = 3 and
-12 at d = 5, for 1.13 x the bytes at d = 5 (docs/sync.md)."""
+tables, the faint periodic mark mostly falls back into the source's bins: the 12 held-out JPEG
+photos, each marked with 8 payloads and written at the source's quality + d, read back 74 of 96
+at d = 0, 91 at d = 3, 94 at d = 5 and 96 at d = 10, for 1.15 x (worst 1.53 x) the bytes of an
+unmarked re-save at d = 5 (`benchmarks/requantise.py`, docs/formats.md)."""
 
 
 @dataclass(frozen=True)
@@ -247,6 +248,13 @@ def eight_bit_scale(pixels: np.ndarray) -> np.ndarray:
     return pixels
 
 
+def search_luma(pixels: np.ndarray) -> np.ndarray:
+    """The small copy of an image that the deeper search (`PeriodicMarker.search`) reads as
+    well as the image: its analysis luma (`filigree.sync.analysis_luma`: BT.601, area-downscaled
+    to a long side of at most 1024 px), float16 [h, w] in 8-bit grey levels (at most 2 MiB)."""
+    return analysis_luma(eight_bit_scale(pixels))[0].astype(np.float16)
+
+
 def luma_of(pixels: np.ndarray) -> np.ndarray:
     """float32 [H, W] luma in 8-bit grey levels of native pixels (uint8 RGB/grey, uint16 grey)."""
     if pixels.ndim == 3:
@@ -338,21 +346,25 @@ class PeriodicMarker:
             return self._nothing(expected)
         return self.decode_views(np.asarray(self.logits_fn(tiles)), templates, expected)
 
-    def search(self, pixels: np.ndarray, expected: str | int | None = None) -> ReadResult:
-        """The deeper search of a read that was not conclusive (`--reframe`): the best
-        hypothesis of each window of the image (`filigree.sync.window_hypotheses`) decoded, the
-        smallest p-value kept and priced by the straight read's `layout.hypotheses` plus the
-        windows searched (Bonferroni over both). Native pixels (8-bit scale). `framing` gives the
-        window that read: ``{"window": [left, top, width, height]}`` in input pixels."""
-        found = window_hypotheses(pixels, self.bank)
+    def search(self, pixels: np.ndarray, straight: ReadResult,
+               expected: str | int | None = None) -> ReadResult:
+        """The deeper search after a `straight` read that was not conclusive (`--reframe`): the
+        best hypothesis of each window of the image (`filigree.sync.window_hypotheses`) decoded,
+        the smallest p-value kept and priced by the straight read's `layout.hypotheses` plus
+        the windows searched (Bonferroni over both); that read when detected and it adds to the
+        straight one (`better_read`), else the straight read. `pixels`: native pixels (8-bit
+        scale) or their `search_luma`. `framing` gives the window that read:
+        ``{"window": [x, y, width, height]}``, fractions of the image's width and height."""
+        found = window_hypotheses(np.asarray(pixels, np.float32) if pixels.dtype == np.float16 else pixels,
+                                  self.bank)
         if not found:
-            return self._nothing(expected)
+            return straight
         logits = np.asarray(self.logits_fn(self._tiles([h for _, h in found])))
         decoded = [self.codec.decode(row, h.template, expected, fpr=1.0) for row, (_, h) in zip(logits, found)]
         best = min(range(len(decoded)), key=lambda i: decoded[i].p_value)
         tried = self.layout.hypotheses + WINDOW_STEPS ** 2
         read = decoded[best].judged(self.fpr, decoded[best].p_value * tried)
-        return dataclasses.replace(read, framing={"window": list(found[best][0])})
+        return better_read(straight, dataclasses.replace(read, framing={"window": [round(v, 4) for v in found[best][0]]}))
 
     def _nothing(self, expected) -> ReadResult:
         if expected is None:

@@ -46,12 +46,20 @@ def bundled_model_dir(name: str = "default") -> str:
 
 def model_dir_of(model: str | None) -> str:
     """The bundle directory that a model argument names: None is the default bundled model; a
-    name of `BUNDLED_MODELS` is that bundled model, unless a directory of that name exists (a
-    path always wins); anything else (a local path, a gs:// URI) is returned unchanged."""
+    name of `BUNDLED_MODELS` is always that bundled model (a local folder of that name is
+    `./periodic`); a URI (gs://...) or an existing path is returned unchanged.
+
+    Raises:
+        ValueError: for a bare name (no '/') that is neither a bundled model nor an existing
+            path, e.g. a misspelt model name.
+    """
     if model is None:
         return bundled_model_dir()
-    if model in BUNDLED_MODELS and not os.path.isdir(model):
+    if model in BUNDLED_MODELS:
         return bundled_model_dir(model)
+    if "/" not in model and "\\" not in model and not os.path.exists(model):
+        raise ValueError(f"no model bundle {model!r}: not a directory, and not a bundled model "
+                         f"({', '.join(BUNDLED_MODELS)})")
     return model
 
 

@@ -24,6 +24,7 @@ from PIL import Image
 from filigree.bundle import LoadedBundle, load_bundle
 from filigree.imaging.kernels import add_residual, resize_to, to_working_size, upsample_residual, working_view
 from filigree.imaging.pixels import LUMA, pil_image, pixel_view, raise_block_size
+from filigree.detection import better_read
 from filigree.payload import PayloadCodec, ReadResult
 from filigree.periodic import PeriodicMarker, SaltedCodec, codec_for_card, eight_bit_scale
 from filigree.reframe import SearchConfig, centred_framings, framed_tile_views, framed_views, framings
@@ -160,14 +161,6 @@ def search_config(reframe: SearchConfig | bool | None) -> SearchConfig | None:
     raise TypeError(f"reframe must be a bool, a SearchConfig or None, not {type(reframe).__name__}")
 
 
-def _better(straight: ReadResult, searched: ReadResult) -> ReadResult:
-    """The search's read when it is detected and adds to the straight read (which found no mark,
-    or an informed mark without its payload), else the straight read."""
-    if searched.detected and (not straight.detected or searched.decoded is not None):
-        return searched
-    return straight
-
-
 def _number(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a number, not {type(value).__name__}")
@@ -219,7 +212,7 @@ class Watermarker:
              max_grid: int | None = None) -> "Watermarker":
         """Load a bundle with an optional key. `model_dir`: a bundle directory, or the name of a
         bundled model (`filigree.resources.BUNDLED_MODELS`: "default", "periodic"); None is the
-        default bundled model."""
+        default bundled model. Raises ValueError for a bare name that is neither."""
         from filigree.resources import model_dir_of
         bundle = load_bundle(model_dir_of(model_dir))
         return cls(bundle, codec_for_card(bundle.card, key), strength, fpr, max_grid)
@@ -313,7 +306,7 @@ class Watermarker:
             straight = self.periodic.read_pixels(pixels, expected)
             if config is None or straight.conclusive:
                 return straight
-            return _better(straight, self.periodic.search(pixels, expected))
+            return self.periodic.search(pixels, straight, expected)
         if self.tiling.max_grid == 1:
             straight = self.codec.decode(self.logits(self.view(image)[None])[0], expected=expected, fpr=self.fpr)
         else:
@@ -329,7 +322,7 @@ class Watermarker:
         read's hypotheses too), else the straight read. A tiled bundle searches centred crops
         only (see `filigree.reframe`)."""
         if self.tiling.max_grid > 1:
-            return _better(straight, self._search_tiles(image, straight, expected, config))
+            return better_read(straight, self._search_tiles(image, straight, expected, config))
         candidates = framings(config)
         views = framed_views(image, candidates, self.working_size)
         logits = np.concatenate([self.logits(views[i:i + _SEARCH_BATCH])
@@ -338,7 +331,7 @@ class Watermarker:
                                             tried=len(candidates) + 1)
         if not read.detected:
             return straight
-        return _better(straight, dataclasses.replace(read, framing=candidates[best].to_dict()))
+        return better_read(straight, dataclasses.replace(read, framing=candidates[best].to_dict()))
 
     def _search_tiles(self, image: Image.Image, straight: ReadResult, expected: str | int | None,
                       config: SearchConfig) -> ReadResult:

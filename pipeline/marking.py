@@ -15,7 +15,8 @@ from filigree.attacks import parse_suite
 from filigree.bundle import ModelCard
 from filigree.capacity import visibility_failure
 from filigree.payload import PayloadCodec
-from filigree.periodic import MIN_PERIODS, QUALITY_MARGIN, PeriodicMarker, SaltedCodec, eight_bit_scale, too_small
+from filigree.periodic import (MIN_PERIODS, QUALITY_MARGIN, PeriodicMarker, SaltedCodec, eight_bit_scale,
+                               search_luma, too_small)
 from filigree.presence import ExistingMark, existing_mark, existing_periodic_mark
 from filigree.imaging import decode, encode, metrics
 from filigree.imaging.depth import mark_samples
@@ -152,11 +153,14 @@ class MarkAndWrite(beam.DoFn):
         views: dict[str, np.ndarray] = {}
         contexts: dict[str, tuple] = {}
         if self.periodic is not None:
+            searched: dict[str, np.ndarray] | None = {} if cfg.reframe else None
             if cfg.verify != "none":
                 views["clean"], contexts["clean"] = self.periodic.read_views(eight_bit_scale(written_view))
+                if searched is not None:
+                    searched["clean"] = search_luma(written_view)
                 views.update(attacked_views(written_view, self.suite, self.working_size, seed_for(path, cfg.seed),
-                                            periodic=self.periodic, contexts=contexts))
-            return data, psnr, views, {}, contexts
+                                            searched, periodic=self.periodic, contexts=contexts))
+            return data, psnr, views, searched or {}, contexts
         sources: dict[str, np.ndarray] | None = {} if cfg.reframe else None
         if cfg.verify != "none":
             views["clean"] = tile_views(written_view, grid, self.working_size)

@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fpr", type=float, default=1e-6, help="target false-positive rate of detection")
     parser.add_argument("--jpeg_quality", type=int,
                         help="quality of marked JPEG/WebP outputs (default: the source's estimated "
-                             "quality, never below the lowest at which the mark reads)")
+                             "quality, 5 points above it for a periodic model, never below the "
+                             "lowest at which the mark reads)")
     parser.add_argument("--max_pixels", type=int, default=100_000_000,
                         help="refuse images with more pixels, from their header (default 100 MP)")
     parser.add_argument("--batch_size", type=int, default=16, help="largest inference batch")

@@ -51,7 +51,9 @@ class Item:
     """Per view name, its working-size tiles [N, S, S, 3] (see `filigree.tiling`): the tiles of
     the image's grid for the embedder, every tile of every grid a reader tries for the extractor."""
     sources: dict[str, np.ndarray] = field(default_factory=dict)
-    """With --reframe: per view, a small RGB copy of its image for a re-framing search."""
+    """With --reframe: per view, a small copy of its image for the deeper search: RGB for a
+    re-framing search (`filigree.reframe.search_source`), the analysis luma for a periodic
+    bundle's window search (`filigree.periodic.search_luma`)."""
     grid: int | None = None
     """Verification of a marked image: the grid it was marked with, the only one its views
     hold (see `filigree.tiling.decode_grid`); None: every grid a reader tries."""

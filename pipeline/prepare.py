@@ -9,7 +9,7 @@ from apache_beam.metrics import Metrics
 
 from filigree.imaging import decode
 from filigree.payload import PayloadCodec, PayloadError, format_payload
-from filigree.periodic import PeriodicMarker, SaltedCodec, eight_bit_scale
+from filigree.periodic import PeriodicMarker, SaltedCodec, eight_bit_scale, search_luma
 from filigree.tiling import Tiling, read_views, tile_views
 from pipeline import storage
 from pipeline.decoding import DecodeWorker
@@ -78,7 +78,9 @@ class Prepare(beam.DoFn):
         bits = salt = None
         if self.cfg.mode == "embed" and job.payload is not None:
             bits, salt = self.periodic.salted_bits(decoded.pixels, job.payload)
-        return Item(job, record, decoded, bits, {"clean": tiles}, contexts={"clean": templates}, salt=salt,
+        searching = self.cfg.reframe and self.cfg.mode != "embed"
+        sources = {"clean": search_luma(decoded.model_pixels)} if searching else {}
+        return Item(job, record, decoded, bits, {"clean": tiles}, sources, contexts={"clean": templates}, salt=salt,
                     lattice_score=score)
 
     def _payload(self, job: Job) -> tuple[int | None, str | None]:

@@ -16,7 +16,7 @@ from PIL import Image
 from filigree.capacity import readback_failure
 from filigree.imaging.pixels import pil_image, to_uint8
 from filigree.payload import PayloadCodec, ReadResult
-from filigree.periodic import PeriodicMarker, SaltedCodec
+from filigree.periodic import PeriodicMarker, SaltedCodec, search_luma
 from filigree.reframe import SearchConfig, search_source
 from filigree.tiling import Tiling, decode_grid, decode_tiles, read_views, tile_views
 from filigree.watermarker import Watermarker
@@ -44,7 +44,8 @@ def attacked_views(pixels: np.ndarray, suite, working_size: int, seed: int,
     """Per attack of the suite, the views of the image (native pixels, or float RGB) after it:
     the tiles of `grid`, or every read view (`tiling.read_views`) when None; with `sources`,
     also each attacked image's search copy, added there. With `periodic`, the aligned tiles of
-    each attacked image's sync hypotheses, their template indices added to `contexts`."""
+    each attacked image's sync hypotheses, their template indices added to `contexts` (and with
+    `sources`, its `search_luma`)."""
     if not suite:
         return {}
     if np.issubdtype(pixels.dtype, np.floating):
@@ -59,6 +60,8 @@ def attacked_views(pixels: np.ndarray, suite, working_size: int, seed: int,
         attacked = np.asarray(attacked_image)
         if periodic is not None:
             views[attack.name], contexts[attack.name] = periodic.read_views(attacked)
+            if sources is not None:
+                sources[attack.name] = search_luma(attacked)
             continue
         views[attack.name] = (read_views(attacked, tiling, working_size) if grid is None
                               else tile_views(attacked, grid, working_size))
@@ -88,7 +91,12 @@ class ReadBack(beam.DoFn):
 
     def _read(self, item: Item, name: str, logits: np.ndarray, expected: str | None) -> ReadResult:
         if self.periodic is not None:
-            return self.periodic.decode_views(logits, item.contexts[name], expected, self.fpr)
+            read = self.periodic.decode_views(logits, item.contexts[name], expected, self.fpr)
+            source = item.sources.get(name)
+            if self.watermarker is None or read.conclusive or source is None:
+                return read
+            self.searched_counter.inc()
+            return self.watermarker.periodic.search(source, read, expected)
         if item.grid is None:
             read = decode_tiles(self.codec, logits, self.tiling, expected, self.fpr)
         else:

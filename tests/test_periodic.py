@@ -295,9 +295,10 @@ def test_reframe_reads_a_marked_photo_pasted_into_another(wm, photo, marked, pla
     assert not wm.extract(collage).detected
     read = wm.extract(collage, reframe=True)
     assert read.detected and read.decoded == PAYLOAD, read
-    left, top, width, height = read.framing["window"]
-    centre = (place[0] + photo.width / 4, place[1] + photo.height / 4)
-    assert left <= centre[0] <= left + width and top <= centre[1] <= top + height
+    x, y, width, height = read.framing["window"]  # fractions of the collage's sides
+    centre = ((place[0] + photo.width / 4) / collage.width, (place[1] + photo.height / 4) / collage.height)
+    assert x <= centre[0] <= x + width and y <= centre[1] <= y + height
+    assert width == height == 0.5
     assert not wm.extract(_collage(photo, place), reframe=True).detected
 
 

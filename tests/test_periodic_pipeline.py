@@ -101,3 +101,28 @@ def test_re_marking_with_this_key_is_refused(embedded, bundle, tmp_path):
     assert main(["--input", str(embedded["inputs"] / "building.jpg"), "--output", str(out), "--payload", "1234",
                  "--model", bundle, "--key", "another-key", "--verify", "none"]) == 0
     assert read_records(out)[0]["status"] == "ok"
+
+
+def test_extract_mode_with_reframe_reads_a_marked_photo_pasted_into_another(embedded, bundle, tmp_path):
+    """A half-size copy of the marked building inside a dense texture: the straight read misses
+    it, `--reframe` finds it in a window (and names the window); the unmarked collage stays
+    unread either way."""
+    samples = Path(bundled_samples_dir())
+    marked = Image.open(embedded["out"] / "marked" / "building.jpg").convert("RGB")
+    folder = tmp_path / "collages"
+    folder.mkdir()
+    for name, piece in (("marked.png", marked), ("plain.png", Image.open(samples / "opencv_building.jpg").convert("RGB"))):
+        host = Image.open(samples / "opencv_aloeL.jpg").convert("RGB").resize(piece.size)
+        host.paste(piece.resize((piece.width // 2, piece.height // 2), Image.Resampling.BICUBIC), (400, 250))
+        host.save(folder / name)
+    runs = {}
+    for flags in ((), ("--reframe",)):
+        out = tmp_path / ("out" + "".join(flags))
+        assert main(["--input", str(folder), "--output", str(out), "--mode", "extract", "--model", bundle,
+                     "--key", "pipeline-key", *flags]) == 0
+        runs[flags] = {os.path.basename(r["image"]): r for r in read_records(out)}
+    assert not runs[()]["marked.png"]["detected"]
+    found = runs[("--reframe",)]["marked.png"]
+    assert found["detected"] and found["decoded"] == PAYLOAD, found
+    assert found["framing"]["window"] == [0.5, 0.5, 0.5, 0.5]
+    assert not runs[("--reframe",)]["plain.png"]["detected"]

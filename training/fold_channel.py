@@ -194,13 +194,12 @@ class FoldChannelTask(PeriodicTask):
         """No PSNR schedule here: the channel's SNR curriculum follows the attack strength."""
 
     def evaluate(self, noise, bits, step, psnr=None) -> dict:
-        """Validation bit accuracy at fixed amplitude SNRs (blur at half the maximum); the
-        'psnr' entry is the lowest SNR's dB, for the log line."""
+        """Validation bit accuracy at fixed amplitude SNRs (blur at half the maximum), and the
+        generator's low-frequency share; no PSNR (the channel has no image)."""
         a = self.cfg.attacks
         seed = tf.constant([self.cfg.seed, 12345], tf.int32)
         tiles, payload = self.tiles(bits, attack_lib.sub_seed(seed, 31), training=False)
-        results = {"psnr": tf.constant(20.0 * math.log10(EVAL_SNRS[0])),
-                   "low_share": ops.mean(spectral_low_share(payload, self.cfg.loss.low_frequency_cutoff))}
+        results = {"low_share": ops.mean(spectral_low_share(payload, self.cfg.loss.low_frequency_cutoff))}
         batch = tf.shape(bits)[0]
         for snr in EVAL_SNRS:
             seen = self.channel(tiles, noise, seed, tf.fill([batch], snr), 0.5 * a.fold_blur_max)

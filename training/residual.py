@@ -126,8 +126,8 @@ class ResidualTask(PhotoTask):
 
 
 def describe_eval(results: dict) -> str:
-    """One line: PSNR and per-attack accuracies."""
-    parts = [f"psnr {results['psnr']:.1f}"]
+    """One line: PSNR (when the task has one) and per-attack accuracies."""
+    parts = [f"psnr {results['psnr']:.1f}"] if "psnr" in results else []
     parts += [f"{k[4:]} {v:.3f}" for k, v in results.items() if k.startswith("acc_")]
     return ", ".join(parts)
 

@@ -145,10 +145,10 @@ def window_boxes(height: int, width: int, fraction: float = WINDOW_FRACTION,
 
 def window_hypotheses(
     pixels: np.ndarray | Image.Image, templates: np.ndarray
-) -> list[tuple[tuple[int, int, int, int], SyncHypothesis]]:
+) -> list[tuple[tuple[float, float, float, float], SyncHypothesis]]:
     """(window, hypothesis) for each search window (`window_boxes`: `WINDOW_STEPS` ** 2 of
     them) of an image that holds one: the best (highest template z) found in the window alone;
-    window = (left, top, width, height) in input pixels, rounded.
+    window = (x, y, width, height) as fractions of the image's width and height.
 
     A mark that covers only part of the image (a marked photo pasted into another, a screenshot
     that shows a small copy) is diluted in the whole image's spectrum and fold by the unmarked
@@ -170,7 +170,8 @@ def window_hypotheses(
         hypotheses = hypotheses_of(window, scale, bank, 1, None)
         if hypotheses:
             offset = np.array([top / scale[0], left / scale[1]])
-            box = (round(left / scale[1]), round(top / scale[0]), round(width / scale[1]), round(height / scale[0]))
+            rows, columns = w.shape
+            box = (left / columns, top / rows, width / columns, height / rows)
             found.append((box, replace(hypotheses[0], origin=hypotheses[0].origin + offset)))
     return found
 
