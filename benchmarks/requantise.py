@@ -6,11 +6,11 @@
 Each JPEG photo of `--images` is decoded as the job decodes it (`filigree.imaging.decode`), marked
 with `--payloads` random payloads (`Watermarker.embed_pixels`), and each marked copy is encoded
 as the job encodes it (`filigree.imaging.encode.encode_image`: the source's chroma subsampling,
-metadata) at the source's estimated quality + d for each margin d of `--margins` (at most 100),
-then read blind (`Watermarker.extract`, default options). Per margin the table gives the marked
+metadata) at the quality the job would choose with a margin of d points
+(`filigree.imaging.encode.output_quality`) for each d of `--margins`, then read blind (`Watermarker.extract`, default options). Per margin the table gives the marked
 copies read back with their exact payload, and the size of a marked file over an unmarked
-re-save of the same photo at the source's own quality (median and largest over photos): what
-the margin and the mark cost together. The quality the job writes a periodic bundle's marks at
+re-save of the same photo at the source's own quality (each photo's mean over its payloads;
+median and largest over photos): what the margin and the mark cost together. The quality the job writes a periodic bundle's marks at
 is the source's + `filigree.periodic.QUALITY_MARGIN`.
 """
 
@@ -44,16 +44,17 @@ def measure(wm: Watermarker, paths: list[Path], payloads: int, margins: list[int
         line = []
         plain = len(encode.encode_image(decoded, decoded.pixels, jpeg_quality=decoded.quality))
         for d in margins:
-            quality = min(decoded.quality + d, 100)
-            read = 0
+            quality = encode.output_quality(decoded, margin=d)
+            read, sizes = 0, []
             for _ in range(payloads):
                 payload = random_payload(wm, rng)
                 data = encode.encode_image(decoded, wm.embed_pixels(decoded.pixels, payload), jpeg_quality=quality)
+                sizes.append(len(data))
                 result = wm.extract(Image.open(io.BytesIO(data)))
                 read += result.detected and result.decoded == payload.zfill(len(result.decoded or ""))
             rows[d]["read"] += read
             rows[d]["marks"] += payloads
-            rows[d]["ratios"].append(len(data) / plain)
+            rows[d]["ratios"].append(float(np.mean(sizes)) / plain)
             line.append(f"q{quality}: {read}/{payloads}")
         print(f"  {path.name[:32]:32s} source q{decoded.quality}  " + "  ".join(line), flush=True)
     return rows

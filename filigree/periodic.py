@@ -30,6 +30,7 @@ from filigree.imaging.pixels import LUMA
 from filigree.payload import EccSpec, PayloadCodec, Scrambler, _key_bytes
 from filigree.sync import (analysis_luma, period_for, sync_templates, synchronise, synchronise_scored, template_bank,
                            tile_pattern, window_hypotheses)
+from filigree.sync.analysis import ANALYSIS_LONG_SIDE
 from filigree.sync.reader import WINDOW_STEPS
 from filigree.sync.templates import PERIOD_DIVISOR, PERIOD_RANGE, TILE_SIZE
 
@@ -248,11 +249,16 @@ def eight_bit_scale(pixels: np.ndarray) -> np.ndarray:
     return pixels
 
 
+SEARCH_LONG_SIDE = 2 * ANALYSIS_LONG_SIDE
+"""Long side of `search_luma`: each half-size window of the deeper search is then analysed
+without further downscaling up to the reader's analysis side."""
+
+
 def search_luma(pixels: np.ndarray) -> np.ndarray:
-    """The small copy of an image that the deeper search (`PeriodicMarker.search`) reads as
-    well as the image: its analysis luma (`filigree.sync.analysis_luma`: BT.601, area-downscaled
-    to a long side of at most 1024 px), float16 [h, w] in 8-bit grey levels (at most 2 MiB)."""
-    return analysis_luma(eight_bit_scale(pixels))[0].astype(np.float16)
+    """The copy of an image that the deeper search (`PeriodicMarker.search`) reads as well as
+    the image: its luma (`filigree.sync.analysis_luma`: BT.601, area-downscaled to a long side
+    of at most `SEARCH_LONG_SIDE` px), float16 [h, w] in 8-bit grey levels (at most 8 MiB)."""
+    return analysis_luma(eight_bit_scale(pixels), SEARCH_LONG_SIDE)[0].astype(np.float16)
 
 
 def luma_of(pixels: np.ndarray) -> np.ndarray:
@@ -328,33 +334,45 @@ class PeriodicMarker:
             else np.zeros((0, n, n), np.float32)
 
     def decode_views(self, logits: np.ndarray, templates: tuple[int, ...],
-                     expected: str | int | None = None, fpr: float | None = None) -> ReadResult:
+                     expected: str | int | None = None, fpr: float | None = None,
+                     searching: bool = False) -> ReadResult:
         """The read of one image from its hypotheses' logits [K, L]: each decoded under its
-        template's salts, the smallest p-value kept and multiplied by `layout.hypotheses`."""
+        template's salts, the smallest p-value kept and multiplied by `tried(searching)`."""
         fpr = self.fpr if fpr is None else fpr
         if len(templates) == 0:
             return self._nothing(expected)
         decoded = [self.codec.decode(row, t, expected, fpr=1.0) for row, t in zip(logits, templates)]
         best = min(range(len(decoded)), key=lambda i: decoded[i].p_value)
-        return decoded[best].judged(fpr, decoded[best].p_value * self.layout.hypotheses)
+        return decoded[best].judged(fpr, decoded[best].p_value * self.tried(searching))
 
-    def read_pixels(self, pixels: np.ndarray, expected: str | int | None = None) -> ReadResult:
-        """Read native pixels (8-bit scale): every sync hypothesis decoded, the
-        one with the smallest p-value kept, priced by `layout.hypotheses` (Bonferroni)."""
+    def tried(self, searching: bool = False) -> int:
+        """The hypotheses a read's p-value pays for (Bonferroni): the straight read's
+        `layout.hypotheses`, plus the `WINDOW_STEPS` ** 2 windows when the read may go on to the
+        deeper search (`search`), so that the straight and the searched read together keep the
+        false-positive rate."""
+        return self.layout.hypotheses + (WINDOW_STEPS ** 2 if searching else 0)
+
+    def read_pixels(self, pixels: np.ndarray, expected: str | int | None = None,
+                    searching: bool = False) -> ReadResult:
+        """Read native pixels (8-bit scale): every sync hypothesis decoded, the one with the
+        smallest p-value kept, priced by `tried(searching)` (Bonferroni; `searching`: the read
+        may go on to `search`)."""
         tiles, templates = self.read_views(pixels)
         if not templates:
             return self._nothing(expected)
-        return self.decode_views(np.asarray(self.logits_fn(tiles)), templates, expected)
+        return self.decode_views(np.asarray(self.logits_fn(tiles)), templates, expected, searching=searching)
 
     def search(self, pixels: np.ndarray, straight: ReadResult,
                expected: str | int | None = None) -> ReadResult:
         """The deeper search after a `straight` read that was not conclusive (`--reframe`): the
         best hypothesis of each window of the image (`filigree.sync.window_hypotheses`) decoded,
-        the smallest p-value kept and priced by the straight read's `layout.hypotheses` plus
-        the windows searched (Bonferroni over both); that read when detected and it adds to the
-        straight one (`better_read`), else the straight read. `pixels`: native pixels (8-bit
-        scale) or their `search_luma`. `framing` gives the window that read:
-        ``{"window": [x, y, width, height]}``, fractions of the image's width and height."""
+        the smallest p-value kept and priced by `tried(searching=True)`: the straight read's
+        hypotheses and the windows. The straight read must have been priced the same way
+        (`read_pixels(..., searching=True)`), so that a detection by either stays within the
+        false-positive rate. The search's read when detected and it adds to the straight one
+        (`better_read`), else the straight read. `pixels`: native pixels (8-bit scale) or their
+        `search_luma`. `framing` gives the window that read: ``{"window": [x, y, width,
+        height]}``, fractions of the image's width and height."""
         found = window_hypotheses(np.asarray(pixels, np.float32) if pixels.dtype == np.float16 else pixels,
                                   self.bank)
         if not found:
@@ -362,8 +380,7 @@ class PeriodicMarker:
         logits = np.asarray(self.logits_fn(self._tiles([h for _, h in found])))
         decoded = [self.codec.decode(row, h.template, expected, fpr=1.0) for row, (_, h) in zip(logits, found)]
         best = min(range(len(decoded)), key=lambda i: decoded[i].p_value)
-        tried = self.layout.hypotheses + WINDOW_STEPS ** 2
-        read = decoded[best].judged(self.fpr, decoded[best].p_value * tried)
+        read = decoded[best].judged(self.fpr, decoded[best].p_value * self.tried(searching=True))
         return better_read(straight, dataclasses.replace(read, framing={"window": [round(v, 4) for v in found[best][0]]}))
 
     def _nothing(self, expected) -> ReadResult:

@@ -303,7 +303,7 @@ class Watermarker:
         config = search_config(reframe)
         if self.periodic is not None:
             pixels = eight_bit_scale(image_pixels(image)[0])
-            straight = self.periodic.read_pixels(pixels, expected)
+            straight = self.periodic.read_pixels(pixels, expected, searching=config is not None)
             if config is None or straight.conclusive:
                 return straight
             return self.periodic.search(pixels, straight, expected)

@@ -58,7 +58,8 @@ class RunConfig:
     seed: int = 0
     """Seed of the random attacks (noise), so re-runs give identical reports."""
     reframe: bool = False
-    """Reads that find no mark search for a crop of the marked frame (filigree/reframe.py)."""
+    """Reads that find no mark search deeper: for a crop of the marked frame (filigree/reframe.py),
+    or, with a periodic bundle, windows of the image (`PeriodicMarker.search`)."""
     max_grid: int | None = None
     """Embed mode: mark on at most this many tiles a side (default: the model card's)."""
     min_psnr: float = 35.0
@@ -112,8 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--decode_timeout_s", type=float, default=120.0, help="per-image decode limit")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random attacks")
     parser.add_argument("--reframe", action="store_true",
-                        help="reads that find no mark search for a crop of the marked frame "
-                             "(0.5-3 s of CPU per such read; p-values pay for every framing tried)")
+                        help="reads that find no mark search deeper: for a crop of the marked frame "
+                             "(tiled bundles), or windows of the image for a marked piece (periodic "
+                             "bundles); 0.5-3 s of CPU per such read; p-values pay for everything tried")
     parser.add_argument("--max_grid", type=int,
                         help="embed mode: mark on at most N x N tiles (fewer embedder calls, faster; "
                              "the mark is amplified to read as well, so PSNR drops; default: the model's)")

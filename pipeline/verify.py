@@ -91,9 +91,10 @@ class ReadBack(beam.DoFn):
 
     def _read(self, item: Item, name: str, logits: np.ndarray, expected: str | None) -> ReadResult:
         if self.periodic is not None:
-            read = self.periodic.decode_views(logits, item.contexts[name], expected, self.fpr)
             source = item.sources.get(name)
-            if self.watermarker is None or read.conclusive or source is None:
+            searching = self.watermarker is not None and source is not None
+            read = self.periodic.decode_views(logits, item.contexts[name], expected, self.fpr, searching)
+            if not searching or read.conclusive:
                 return read
             self.searched_counter.inc()
             return self.watermarker.periodic.search(source, read, expected)

@@ -101,4 +101,4 @@ def test_job_marks_with_the_periodic_bundle_by_name(tmp_path):
     assert record["output_quality"] == 95  # the source's 90 + the periodic layout's margin
     for attack in ("offcrop:0.8", "mirror"):
         assert record["attacks"][attack]["match"] is True, (attack, record["attacks"][attack])
-    assert 42.0 <= record["psnr"] < 60.0, record["psnr"]  # marked; issue-level target 42 dB
+    assert 42.0 <= record["psnr"] < 60.0, record["psnr"]  # marked, at least 42 dB

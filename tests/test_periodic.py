@@ -312,3 +312,22 @@ def test_window_hypotheses_place_the_tile_in_the_whole_image(wm, marked):
     assert best.z > 6
     steps = np.linalg.solve(best.basis.T, np.array([place[1], place[0]], float) - best.origin)
     assert np.allclose(steps, np.round(steps), atol=0.05), steps
+
+
+def test_reframe_reads_a_pasted_photo_in_a_larger_collage_at_its_own_resolution(wm, marked):
+    """The collage at 1.5 x (1302 x 900): its windows are analysed at their own resolution, not
+    downscaled with the whole image below the pasted piece's small period."""
+    collage = _collage(marked, COLLAGE_PLACES[1])
+    bigger = collage.resize((collage.width * 3 // 2, collage.height * 3 // 2), Image.Resampling.BICUBIC)
+    read = wm.extract(bigger, reframe=True)
+    assert read.detected and read.decoded == PAYLOAD, read
+
+
+def test_reframe_prices_the_straight_read_for_the_windows_too(wm, marked):
+    """With the deeper search allowed, a straight read pays for the windows it may go on to
+    (5 + 9 hypotheses instead of 5), so the two reads together keep the false-positive rate."""
+    periodic = wm.periodic
+    assert (periodic.tried(), periodic.tried(searching=True)) == (5, 14)
+    plain, searching = wm.extract(marked), wm.extract(marked, reframe=True)
+    assert plain.detected and searching.detected and searching.framing is None
+    assert searching.p_value == pytest.approx(plain.p_value * 14 / 5, rel=1e-9)

@@ -153,26 +153,25 @@ def window_hypotheses(
     A mark that covers only part of the image (a marked photo pasted into another, a screenshot
     that shows a small copy) is diluted in the whole image's spectrum and fold by the unmarked
     rest; within a window that it mostly fills, its lines and its fold stand out. Each window is
-    searched like a whole image (`hypotheses_of`, one comb lattice, no unedited layout); the
-    hypotheses' `origin` is given in the whole image's input pixels. Costs about 40 ms of CPU per
-    window at a 1024 px analysis side. [] for an image too small or flat to analyse.
+    cut from the pixels as given and searched like a whole image (`analyse`, so at its own
+    resolution up to the analysis side; `hypotheses_of` with one comb lattice and no unedited
+    layout): a pasted piece, whose period is already smaller than the layout's, is not
+    downscaled further with the whole image. The hypotheses' `origin` is given in the whole
+    image's input pixels. Costs about 40-100 ms of CPU per window (windows of up to 1024 px).
+    [] for an image too small or flat to analyse.
     """
-    analysis = analyse(pixels)
-    if analysis is None:
-        return []
-    w, scale = analysis
+    pixels = np.asarray(pixels)
+    rows, columns = pixels.shape[:2]
     bank = templates if np.iscomplexobj(templates) else template_bank(templates)
     found = []
-    for top, left, height, width in window_boxes(*w.shape):
-        window = w[top:top + height, left:left + width]
-        if min(window.shape) < MIN_ANALYSIS_SIDE:
+    for top, left, height, width in window_boxes(rows, columns):
+        analysis = analyse(pixels[top:top + height, left:left + width])
+        if analysis is None:
             continue
-        hypotheses = hypotheses_of(window, scale, bank, 1, None)
+        hypotheses = hypotheses_of(*analysis, bank, 1, None)
         if hypotheses:
-            offset = np.array([top / scale[0], left / scale[1]])
-            rows, columns = w.shape
             box = (left / columns, top / rows, width / columns, height / rows)
-            found.append((box, replace(hypotheses[0], origin=hypotheses[0].origin + offset)))
+            found.append((box, replace(hypotheses[0], origin=hypotheses[0].origin + np.array([top, left], float))))
     return found
 
 
