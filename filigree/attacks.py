@@ -41,9 +41,11 @@ __all__ = [
     "ATTACKS",
     "DEFAULT_SUITE",
     "DEFAULT_SUITE_SPEC",
+    "GEOMETRIC_SUITE_SPEC",
     "Attack",
     "AttackKind",
     "parse_attack",
+    "default_suite_spec",
     "parse_suite",
 ]
 
@@ -327,3 +329,12 @@ DEFAULT_SUITE_SPEC = (
     "brightness:1.3,contrast:1.3,crop:0.8,combo:jpeg:70+resize:0.75+brightness:1.2"
 )
 DEFAULT_SUITE: tuple[Attack, ...] = parse_suite(DEFAULT_SUITE_SPEC)
+GEOMETRIC_SUITE_SPEC = "offcrop:0.8,shift:0.05,margin:0.1,rotate:2,mirror"
+"""The geometric edits that a re-synchronising (periodic) bundle is also verified against by
+default: an 80 % crop anywhere, 5 % cut off two edges, a 10 % margin, a 2° rotation, a mirror."""
+
+
+def default_suite_spec(periodic: bool) -> str:
+    """The job's `--verify attacks` suite when none is given: `DEFAULT_SUITE_SPEC`, and for a
+    periodic bundle `GEOMETRIC_SUITE_SPEC` after it."""
+    return f"{DEFAULT_SUITE_SPEC},{GEOMETRIC_SUITE_SPEC}" if periodic else DEFAULT_SUITE_SPEC

@@ -11,7 +11,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from filigree.attacks import parse_suite
+from filigree.attacks import default_suite_spec, parse_suite
 from filigree.bundle import ModelCard
 from filigree.capacity import visibility_failure
 from filigree.payload import PayloadCodec
@@ -48,10 +48,11 @@ class MarkAndWrite(beam.DoFn):
         self.failed_counter = Metrics.counter(NAMESPACE, "failed")
 
     def setup(self):
-        self.suite = parse_suite(self.cfg.attacks) if self.cfg.verify == "attacks" else ()
         self.progress = Progress("marked")
         self.periodic = PeriodicMarker(None, None, self.codec, self.strength, self.cfg.fpr) \
             if isinstance(self.codec, SaltedCodec) else None
+        spec = self.cfg.attacks if self.cfg.attacks is not None else default_suite_spec(self.periodic is not None)
+        self.suite = parse_suite(spec) if self.cfg.verify == "attacks" else ()
 
     def process(self, element):
         path, result = element

@@ -12,7 +12,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
-from filigree.attacks import DEFAULT_SUITE_SPEC, parse_suite
+from filigree.attacks import parse_suite
 from filigree.payload import KEY_ENV_VAR, resolve_key
 
 MODES = ("embed", "extract")
@@ -36,8 +36,9 @@ class RunConfig:
     """Payload for every image without a manifest row."""
     mode: str = "embed"
     verify: str = "clean"
-    attacks: str = DEFAULT_SUITE_SPEC
-    """Comma-separated attack specs for `--verify attacks` (see filigree/attacks.py)."""
+    attacks: str | None = None
+    """Comma-separated attack specs for `--verify attacks` (see filigree/attacks.py); None: the
+    model's default suite (`filigree.attacks.default_suite_spec`)."""
     strength: float | None = None
     """Residual strength (default: the model card's)."""
     fpr: float = 1e-6
@@ -93,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mode", choices=MODES, default="embed")
     parser.add_argument("--verify", choices=VERIFY_LEVELS, default="clean",
                         help="embed mode: read back the written files (clean) and after attacks")
-    parser.add_argument("--attacks", default=DEFAULT_SUITE_SPEC, help="attack suite for --verify attacks")
+    parser.add_argument("--attacks", help="attack suite for --verify attacks (default: the full suite of "
+                                           "filigree/attacks.py; with a periodic model also its geometric edits)")
     parser.add_argument("--key", help=f"secret key (prefer --key_file or ${KEY_ENV_VAR})")
     parser.add_argument("--key_file", help="file holding the secret key")
     parser.add_argument("--strength", type=float, help="residual strength (default: the model's)")
@@ -152,7 +154,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ValueError(f"--min_psnr must be in [0, 100) dB, got {cfg.min_psnr}")
     if cfg.max_error_rate is not None and not 0.0 <= cfg.max_error_rate <= 1.0:
         raise ValueError(f"--max_error_rate must be in [0, 1], got {cfg.max_error_rate}")
-    if cfg.verify == "attacks":
+    if cfg.verify == "attacks" and cfg.attacks is not None:
         parse_suite(cfg.attacks)
     return cfg
 

@@ -87,6 +87,25 @@ def test_periodic_bundle_detects_nothing_in_the_unmarked_photo(periodic, buildin
         assert not read.detected, (spec, read)
 
 
+def test_job_verifies_a_periodic_bundle_against_geometric_edits_by_default(tmp_path):
+    """Without --attacks, `--verify attacks` with a periodic model adds its geometric edits to
+    the photometric suite; the tiled default keeps the photometric suite alone."""
+    from filigree.attacks import DEFAULT_SUITE_SPEC, GEOMETRIC_SUITE_SPEC, parse_suite
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    with Image.open(os.path.join(bundled_samples_dir(), "opencv_building.jpg")) as image:
+        image.save(inputs / "building.png")
+    out = tmp_path / "out"
+    assert main(["--input", str(inputs), "--output", str(out), "--payload", PAYLOAD, "--model", "periodic",
+                 "--verify", "attacks"]) == 0
+    [record] = read_records(out)
+    assert record["status"] == "ok", record
+    names = [a.name for a in parse_suite(f"{DEFAULT_SUITE_SPEC},{GEOMETRIC_SUITE_SPEC}")]
+    assert sorted(record["attacks"]) == sorted(names)
+    for attack in (a.name for a in parse_suite(GEOMETRIC_SUITE_SPEC)):
+        assert record["attacks"][attack]["match"] is True, (attack, record["attacks"][attack])
+
+
 def test_job_marks_with_the_periodic_bundle_by_name(tmp_path):
     inputs = tmp_path / "in"
     inputs.mkdir()
