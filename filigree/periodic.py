@@ -341,9 +341,15 @@ class PeriodicMarker:
         fpr = self.fpr if fpr is None else fpr
         if len(templates) == 0:
             return self._nothing(expected)
+        _, read = self._decode_best(logits, templates, expected)
+        return read.judged(fpr, read.p_value * self.tried(searching))
+
+    def _decode_best(self, logits: np.ndarray, templates, expected) -> tuple[int, ReadResult]:
+        """(index, read) of the hypothesis whose logits [K, L], decoded under its template's
+        salts, give the smallest p-value (not yet priced for the hypotheses tried); K >= 1."""
         decoded = [self.codec.decode(row, t, expected, fpr=1.0) for row, t in zip(logits, templates)]
         best = min(range(len(decoded)), key=lambda i: decoded[i].p_value)
-        return decoded[best].judged(fpr, decoded[best].p_value * self.tried(searching))
+        return best, decoded[best]
 
     def tried(self, searching: bool = False) -> int:
         """The hypotheses a read's p-value pays for (Bonferroni): the straight read's
@@ -378,9 +384,8 @@ class PeriodicMarker:
         if not found:
             return straight
         logits = np.asarray(self.logits_fn(self._tiles([h for _, h in found])))
-        decoded = [self.codec.decode(row, h.template, expected, fpr=1.0) for row, (_, h) in zip(logits, found)]
-        best = min(range(len(decoded)), key=lambda i: decoded[i].p_value)
-        read = decoded[best].judged(self.fpr, decoded[best].p_value * self.tried(searching=True))
+        best, read = self._decode_best(logits, [h.template for _, h in found], expected)
+        read = read.judged(self.fpr, read.p_value * self.tried(searching=True))
         return better_read(straight, dataclasses.replace(read, framing={"window": [round(v, 4) for v in found[best][0]]}))
 
     def _nothing(self, expected) -> ReadResult:

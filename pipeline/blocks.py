@@ -80,13 +80,16 @@ class ToBlocks(beam.DoFn):
     def process(self, record: Mapping):
         self.folder.add(record)
         if len(self.folder.lines) >= self.records:
-            block, self.folder = self.folder.block(), _Folder(self.encoder)
-            yield block
+            yield self._take()
 
     def finish_bundle(self):
         if self.folder.lines:
-            block, self.folder = self.folder.block(), _Folder(self.encoder)
-            yield GlobalWindows.windowed_value(block)
+            yield GlobalWindows.windowed_value(self._take())
+
+    def _take(self) -> RecordBlock:
+        """The block folded so far; folding starts again."""
+        block, self.folder = self.folder.block(), _Folder(self.encoder)
+        return block
 
 
 class BlockSummaryFn(SummaryFn):
