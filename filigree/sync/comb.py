@@ -18,6 +18,13 @@ side: the scores of all of them come at once from one correlation in log-polar c
 of their period when it explains more (the points of a lattice's 1/k sub-lattice are a subset
 of its own), snapped to upright when that scores as well (most edits keep the layout upright),
 and a candidate that is a finer copy of one already found is dropped.
+
+Most edits in the wild keep the layout upright (crops, shifts, margins, re-sizes, screenshots),
+and the log-polar grid, coarse in both period and angle, catches a faint upright lattice at
+about half its score. So upright lattices get a search of their own (`upright_candidates`): a
+1-D grid of periods fine enough that no spectral line moves by more than half a bin between
+steps, scored on the fine comb map. Its best peaks join the log-polar ones before the best
+`count` are chosen.
 """
 
 from __future__ import annotations
@@ -48,7 +55,13 @@ LOG_STEP = 0.006
 ANGLE_STEP = 0.375
 """Step of the log-polar grid in angle, degrees (240 steps over a quarter turn)."""
 _COARSE_MIN = 2.0  # coarse z under which no lattice is refined
-_TRIES = 12  # coarse peaks refined at most
+_TRIES = 6  # log-polar peaks refined at most
+UPRIGHT_TRIES = 3
+"""Peaks of the upright search (`upright_candidates`) refined and offered beside the log-polar
+ones."""
+UPRIGHT_STEPS_PER_BIN = 2.0
+"""Upright grid density: periods step so that the band's highest line moves by at most
+1 / this many frequency bins."""
 _PLATEAU = 0.25  # comb scores this close to the best count as the best
 _SNAP_ANGLE = 0.5  # degrees
 _SNAP_SCORE = 2.0
@@ -162,7 +175,8 @@ def comb_scores(zmap: np.ndarray, height: int, periods: np.ndarray, angles: np.n
 def comb_lattices(w: np.ndarray, scale: tuple[float, float], count: int = 3) -> list[Lattice]:
     """The best `count` square lattices of a whitened analysis image w [h, w] by the spectral
     comb (module docstring), best first: candidates from `log_polar_scores` (every period from
-    `MIN_PERIOD` input pixels to half the shorter side, every angle), each refined on the whole
+    `MIN_PERIOD` input pixels to half the shorter side, every angle) and from
+    `upright_candidates` (upright lattices only, on a finer grid), each refined on the whole
     band (`comb_scores`) and replaced by its best integer multiple (2 to 4 times the period)
     when that multiple's extra points hold energy too. scale: (sy, sx) of the analysis image.
     [] when the image is too small or holds no lattice scoring `MIN_SCORE`."""
@@ -173,22 +187,15 @@ def comb_lattices(w: np.ndarray, scale: tuple[float, float], count: int = 3) -> 
     norm = normalised_power(w)
     h_fft = norm.shape[0]
     zmap = comb_map(norm, 1)
-    periods, angles, coarse = log_polar_scores(comb_map(norm, 2), lo, hi)
-    if coarse.size == 0:
-        return []
     full = band_points(*TEMPLATE_BAND)
+    candidates = _log_polar_candidates(zmap, comb_map(norm, 2), lo, hi, full)
+    candidates += upright_candidates(zmap, lo, hi, UPRIGHT_TRIES)
     found: list[Lattice] = []
-    for _ in range(_TRIES):
+    for period, angle, score in sorted(candidates, key=lambda c: -c[2]):
         if len(found) == count:
             break
-        i, j = np.unravel_index(int(np.argmax(coarse)), coarse.shape)
-        if not coarse[i, j] >= _COARSE_MIN:
-            break
-        _suppress(coarse, i, j)
-        period, angle, score = _refine(zmap, h_fft, periods[i], angles[j], full, LOG_STEP, ANGLE_STEP)
-        period, angle, score = _refine(zmap, h_fft, period, angle, full, LOG_STEP / 3, ANGLE_STEP / 3)
         if score < MIN_SCORE:
-            continue
+            break
         period, angle, score = _best_multiple(zmap, h_fft, period, angle, score, full, hi)
         period, angle, score = _upright(zmap, h_fft, period, angle, score, full)
         basis = _square_basis(period, angle)
@@ -196,6 +203,82 @@ def comb_lattices(w: np.ndarray, scale: tuple[float, float], count: int = 3) -> 
             continue  # the same lattice, a finer one (a subset of its spectral points) or a coarser one
         found.append(Lattice(basis=basis, score=score))
     found.sort(key=lambda lattice: -lattice.score)
+    return found
+
+
+def _log_polar_candidates(zmap: np.ndarray, coarse_map: np.ndarray, lo: float, hi: float,
+                          points: np.ndarray) -> list[tuple[float, float, float]]:
+    """(period, angle, score) of the best `_TRIES` peaks of `log_polar_scores` on the coarse
+    map, each refined twice on the fine `zmap`."""
+    periods, angles, coarse = log_polar_scores(coarse_map, lo, hi)
+    found = []
+    for _ in range(_TRIES if coarse.size else 0):
+        i, j = np.unravel_index(int(np.argmax(coarse)), coarse.shape)
+        if not coarse[i, j] >= _COARSE_MIN:
+            break
+        _suppress(coarse, i, j)
+        period, angle, score = _refine(zmap, zmap.shape[0], periods[i], angles[j], points, LOG_STEP, ANGLE_STEP)
+        found.append(_refine(zmap, zmap.shape[0], period, angle, points, LOG_STEP / 3, ANGLE_STEP / 3))
+    return found
+
+
+def upright_periods(lo: float, hi: float, bins: int, steps_per_bin: float = UPRIGHT_STEPS_PER_BIN) -> np.ndarray:
+    """float64 [K]: the periods (analysis pixels) of the upright search from `lo` to `hi`, each
+    step small enough that the band's highest line (`TEMPLATE_BAND[1]` cycles per period, on a
+    spectrum of `bins` bins per cycle per pixel) moves by at most 1 / `steps_per_bin` bins: a
+    relative step of p / (steps_per_bin * band_hi * bins)."""
+    rate = 1.0 / (steps_per_bin * TEMPLATE_BAND[1] * bins)
+    periods = [lo]
+    while periods[-1] < hi:
+        periods.append(periods[-1] * (1.0 + periods[-1] * rate))
+    return np.asarray(periods[:-1] + [hi] if len(periods) > 1 else periods, np.float64)
+
+
+def upright_scores(zmap: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
+    """(periods float64 [K], comb z-scores float32 [K]) of every upright square lattice on the
+    `upright_periods` grid from `lo` to `hi` analysis pixels: `comb_scores` at angle 0. An
+    upright lattice's point (a, b) lies in row a h / p and column b w / p, so the bins come
+    from one row per (period, a) and one column per (period, b); points beyond Nyquist read a
+    zero appended to the map. zmap: the fine `comb_map` [h, w // 2 + 1]."""
+    height, half = zmap.shape
+    width = 2 * (half - 1)
+    periods = upright_periods(float(lo), float(hi), max(height, width))
+    points = band_points(*TEMPLATE_BAND)
+    rows_a, a_of = np.unique(points[:, 0], return_inverse=True)
+    cols_b, b_of = np.unique(points[:, 1], return_inverse=True)
+    inverse = (1.0 / periods)[:, None]
+    ky = rows_a[None, :] * (height * inverse)  # [K, A]
+    kx = cols_b[None, :] * (width * inverse)  # [K, B]; b >= 0 on the half plane
+    outside = height * half  # the appended zero
+    rows = np.where(np.abs(ky) < 0.5 * height, (np.floor(ky).astype(np.intp) % height) * half, outside)
+    cols = np.where(kx < 0.5 * width, np.minimum(np.floor(kx).astype(np.intp), half - 1), outside)
+    index = rows[:, a_of]
+    index += cols[:, b_of]
+    np.minimum(index, outside, out=index)
+    values = np.append(zmap.ravel(), np.float32(0.0))[index]
+    inside = (rows < outside)[:, a_of] & (cols < outside)[:, b_of]
+    return periods, values.sum(axis=-1) / np.sqrt(np.maximum(inside.sum(axis=-1), 1))
+
+
+def upright_candidates(zmap: np.ndarray, lo: float, hi: float, count: int) -> list[tuple[float, float, float]]:
+    """(period, 0.0, score) of the `count` best distinct peaks of `upright_scores` (peaks within
+    2 % of a better one's period are the same line set), each refined on a grid of 7 periods
+    over its step to either side (the middle of the plateau of best scores, as `_refine`)."""
+    if hi <= lo:
+        return []
+    periods, scores = upright_scores(zmap, lo, hi)
+    points = band_points(*TEMPLATE_BAND)
+    found: list[tuple[float, float, float]] = []
+    for k in np.argsort(scores)[::-1]:
+        if len(found) == count or not scores[k] >= _COARSE_MIN:
+            break
+        if any(abs(np.log(periods[k] / period)) < 0.02 for period, _, _ in found):
+            continue
+        step = float(np.log(periods[min(k + 1, len(periods) - 1)] / periods[max(k - 1, 0)])) / 2.0
+        fine = periods[k] * np.exp(np.linspace(-step, step, _FINE))
+        fine_scores = comb_scores(zmap, zmap.shape[0], fine, np.zeros(1), points)[:, 0]
+        near = fine_scores >= fine_scores.max() - _PLATEAU
+        found.append((float(np.exp(np.mean(np.log(fine[near])))), 0.0, float(fine_scores.max())))
     return found
 
 
