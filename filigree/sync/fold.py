@@ -21,6 +21,7 @@ def fold(
     basis: np.ndarray,
     size: int = TILE_SIZE,
     origin: tuple[float, float] = (0.0, 0.0),
+    weights: np.ndarray | None = None,
 ) -> np.ndarray:
     """Average of an image over all periods of a lattice: float32 [size, size].
 
@@ -28,21 +29,43 @@ def fold(
     in w's pixels. Tile sample (u, v) is the mean of the pixels at origin + (u + i) / size * v1
     + (v + j) / size * v2 for all integers i, j, each pixel counted in its nearest sample (a
     box of one sample: gentler on the tile's high frequencies than a bilinear gather, and one
-    pass over the pixels). Samples no pixel falls in are 0. Raises ValueError for a singular
-    basis.
+    pass over the pixels; `fold_bins`). weights: optional float [h, w] >= 0, the weight of each
+    pixel in its sample's mean. Samples no pixel (or weight) falls in are 0. Raises ValueError
+    for a singular basis.
     """
+    flat = fold_bins(np.shape(w), basis, size, origin).ravel()
+    values = np.asarray(w, dtype=np.float64).ravel()
+    if weights is None:
+        sums = np.bincount(flat, weights=values, minlength=size * size)
+        counts = np.bincount(flat, minlength=size * size)
+    else:
+        weight = np.asarray(weights, dtype=np.float64).ravel()
+        sums = np.bincount(flat, weights=values * weight, minlength=size * size)
+        counts = np.bincount(flat, weights=weight, minlength=size * size)
+    return (sums / np.where(counts > 0, counts, 1)).reshape(size, size).astype(np.float32)
+
+
+def fold_bins(
+    shape: tuple[int, int],
+    basis: np.ndarray,
+    size: int = TILE_SIZE,
+    origin: tuple[float, float] = (0.0, 0.0),
+) -> np.ndarray:
+    """int32 [h, w]: the flat tile sample (u * size + v) each pixel of an [h, w] image falls in
+    when folded over the lattice `basis` (rows v1, v2, pixels) from `origin` (see `fold`).
+    Raises ValueError for a singular basis."""
     basis = np.asarray(basis, dtype=np.float64)
     det = np.linalg.det(basis)
     if not np.isfinite(det) or abs(det) < 1e-6:
         raise ValueError(f"lattice basis is singular: {basis.tolist()}")
-    h, wd = w.shape
+    h, wd = shape
     to_tile = np.linalg.inv(basis.T) * size  # (dy, dx) -> tile units (u, v)
     ys = np.arange(h, dtype=np.float64) - origin[0]
     xs = np.arange(wd, dtype=np.float64) - origin[1]
-    flat = (_bins(to_tile[0], ys, xs, size) * size + _bins(to_tile[1], ys, xs, size)).ravel()
-    sums = np.bincount(flat, weights=np.asarray(w, dtype=np.float64).ravel(), minlength=size * size)
-    counts = np.bincount(flat, minlength=size * size)
-    return (sums / np.maximum(counts, 1)).reshape(size, size).astype(np.float32)
+    flat = _bins(to_tile[0], ys, xs, size)
+    flat *= size
+    flat += _bins(to_tile[1], ys, xs, size)
+    return flat
 
 
 _FIXED_BITS = 16
@@ -144,6 +167,19 @@ def template_shift(folded: np.ndarray, spectrum: np.ndarray, spacing: float,
     i, j = divmod(int(np.argmax(z[np.ix_(rows, cols)])), len(cols))
     y, x = int(rows[i]), int(cols[j])
     return _subsample_peak(z, y, x), float(z[y, x])
+
+
+def matched_pattern(bank: np.ndarray, match: TemplateMatch, spacing: float) -> np.ndarray:
+    """float32 [n, n]: the pattern whose dot product with a fold (less its mean) is the value
+    of `match`'s correlation surface at its shift: the template variant of `bank`, band-limited
+    and whitened as `locate_template` sees it, moved to the match's (sub-sample) shift. Spread
+    back over the pixels (`fold_bins`), it tells where in the image the template is."""
+    n = bank.shape[-2]
+    fy = np.fft.fftfreq(n)[:, None]
+    fx = np.fft.rfftfreq(n)[None, :]
+    ramp = np.exp(-2j * np.pi * (fy * match.shift[0] + fx * match.shift[1]))
+    spectrum = np.conj(bank[match.template, match.dihedral]) * prediction_response(n, spacing) * ramp
+    return np.fft.irfft2(spectrum, s=(n, n)).astype(np.float32)
 
 
 def _fold_spectrum(folded: np.ndarray, spacing: float) -> np.ndarray:

@@ -9,7 +9,16 @@ from PIL import Image
 
 from filigree.sync.analysis import analysis_luma, autocorrelation, whiten
 from filigree.sync.comb import comb_lattices
-from filigree.sync.fold import align, fold, locate_template, template_bank, template_shift
+from filigree.sync.fold import (
+    TemplateMatch,
+    align,
+    fold,
+    fold_bins,
+    locate_template,
+    matched_pattern,
+    template_bank,
+    template_shift,
+)
 from filigree.sync.lattice import MIN_LAG, lattice_candidates
 from filigree.sync.templates import dihedral
 
@@ -20,6 +29,10 @@ RELATIVE_SCORE = 0.3
 lattice leaves weak echoes, such as its 2/3 harmonic, that never beat it)."""
 REFINE_MIN_Z = 5.5
 """A found lattice whose template z reaches this is refined (`refine_lattice`)."""
+PRESENCE_BLOCK = 1.0
+"""Side of the blocks of `presence_weights`, in periods."""
+PRESENCE_SMOOTHING = 1
+"""Blocks to each side over which a block's template evidence is pooled (`presence_weights`)."""
 QUADRANT_MIN_Z = 2.5
 """Template z each half image's fold needs, within 3 samples of the whole image's phase, for
 the refinement (`refine_lattice`)."""
@@ -209,11 +222,16 @@ def hypotheses_of(
     if found:
         # the best found lattice is refined from its template's phase drift (`refine_lattice`)
         best = max(range(len(found)), key=lambda i: found[i].z)
+        basis = lattices[best][0]
         if found[best].z >= REFINE_MIN_Z:
-            refined = refine_lattice(w64, lattices[best][0], bank, found[best])
+            refined = refine_lattice(w64, basis, bank, found[best])
             if refined is not None:
                 again = register(w64, refined, bank, scale, lattice_score=lattices[best][1])
-                found[best] = again if again.z > found[best].z else found[best]
+                if again.z > found[best].z:
+                    found[best], basis = again, refined
+        # and folded again where its template is (`presence_weights`): a mark on part of the image
+        found.append(register(w64, basis, bank, scale, lattice_score=lattices[best][1],
+                              weights=presence_weights(w64, basis, bank, found[best])))
     hypotheses += found
     hypotheses.sort(key=lambda h: -h.z)
     return hypotheses
@@ -261,6 +279,46 @@ def refine_lattice(w: np.ndarray, basis: np.ndarray, bank: np.ndarray,
     return np.linalg.inv(inverse).T
 
 
+def presence_weights(w: np.ndarray, basis: np.ndarray, bank: np.ndarray,
+                     hypothesis: SyncHypothesis) -> np.ndarray:
+    """float32 [h, w] >= 0: where in the whitened analysis image w the template of `hypothesis`
+    (found in the fold of w over `basis` from origin 0) lies, as weights for folding again.
+
+    The template's correlation with the fold is a sum over pixels of w times the
+    `matched_pattern` at each pixel's tile sample. Summed over blocks of about one period, and
+    over the `PRESENCE_SMOOTHING` blocks around each, over the root of its sum of squares, it is
+    a z-score of the template's presence there; its positive part is the block's weight. A mark
+    over the whole image keeps nearly even weights; a marked photo pasted into another, or a
+    screenshot of one, gets the unmarked rest weighted down, which otherwise dilutes its fold.
+    """
+    size = bank.shape[-2]
+    spacing = float(np.sqrt(abs(np.linalg.det(basis)))) / size
+    match = TemplateMatch(hypothesis.template, hypothesis.dihedral, hypothesis.shift, hypothesis.z)
+    pattern = matched_pattern(bank, match, spacing)
+    evidence = w * pattern.ravel()[fold_bins(w.shape, basis, size)]
+    block = max(8, int(round(PRESENCE_BLOCK * spacing * size)))
+    h, wd = w.shape
+    gh, gw = -(-h // block), -(-wd // block)
+    padded = np.zeros((gh * block, gw * block))
+    padded[:h, :wd] = evidence
+    sums = padded.reshape(gh, block, gw, block).sum(axis=(1, 3))
+    padded[:h, :wd] **= 2
+    energy = padded.reshape(gh, block, gw, block).sum(axis=(1, 3))
+    reach = PRESENCE_SMOOTHING
+    sums = _box_sum(sums, reach)
+    energy = _box_sum(energy, reach)
+    z = np.where(energy > 0, sums / np.sqrt(np.where(energy > 0, energy, 1.0)), 0.0)
+    weights = np.maximum(z, 0.0).astype(np.float32)
+    return np.repeat(np.repeat(weights, block, axis=0), block, axis=1)[:h, :wd]
+
+
+def _box_sum(grid: np.ndarray, reach: int) -> np.ndarray:
+    """Sum of each cell of a 2-D grid and its neighbours within `reach` cells (zero outside)."""
+    padded = np.pad(grid, reach)
+    h, w = grid.shape
+    return sum(padded[i:i + h, j:j + w] for i in range(2 * reach + 1) for j in range(2 * reach + 1))
+
+
 def register(
     w: np.ndarray,
     basis: np.ndarray,
@@ -268,12 +326,14 @@ def register(
     scale: tuple[float, float],
     origin: tuple[float, float] = (0.0, 0.0),
     lattice_score: float = 0.0,
+    weights: np.ndarray | None = None,
 ) -> SyncHypothesis:
     """One hypothesis: fold the whitened analysis image w [h, w] over `basis` (rows v1, v2,
-    analysis pixels) from `origin`, locate the best template of `bank` (`template_bank`) and
-    align the fold to it. `scale` = (sy, sx), analysis over input pixels."""
+    analysis pixels) from `origin` (each pixel weighted by `weights` [h, w] when given), locate
+    the best template of `bank` (`template_bank`) and align the fold to it. `scale` = (sy, sx),
+    analysis over input pixels."""
     size = bank.shape[-2]
-    folded = fold(w, basis, size, origin)
+    folded = fold(w, basis, size, origin, weights)
     spacing = float(np.sqrt(abs(np.linalg.det(basis)))) / size
     match = locate_template(folded, bank, spacing)
     tile = align(folded, match.dihedral, match.shift)
