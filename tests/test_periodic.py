@@ -277,7 +277,7 @@ def test_window_boxes_cover_every_quarter_sized_piece():
             assert best >= 0.75 * 300 and best_x >= 0.75 * 434
 
 
-COLLAGE_PLACES = [(0, 0), (400, 250), (200, 120)]
+COLLAGE_PLACES = [(200, 120), (430, 0)]
 
 
 def _collage(piece, place):
@@ -285,6 +285,41 @@ def _collage(piece, place):
     host = Image.open(Path(bundled_samples_dir()) / "opencv_aloeL.jpg").convert("RGB").resize(piece.size)
     host.paste(piece.resize((piece.width // 2, piece.height // 2), Image.Resampling.BICUBIC), place)
     return host
+
+
+def test_a_straight_read_folds_again_where_the_template_is(wm, photo, marked, monkeypatch):
+    """A half-size marked photo in the corner of a textured one: the fold of the whole collage
+    is diluted by the host, the fold weighted by the template's presence
+    (`presence_weights`, the read's fifth hypothesis) reads it; the unmarked collage reads
+    nothing."""
+    import filigree.sync.reader as reader
+
+    collage = _collage(marked, (0, 0))
+    read = wm.extract(collage)
+    assert read.detected and read.decoded == PAYLOAD, read
+    assert not wm.extract(_collage(photo, (0, 0))).detected
+    monkeypatch.setattr(reader, "presence_weights", lambda *args: None)  # an unweighted refold
+    assert not wm.extract(collage).detected
+
+
+def test_presence_weights_follow_the_marked_part(wm, photo, marked):
+    """The weights are higher over the pasted marked photo than over the host, and over the
+    whole of a marked photo nearly even."""
+    from filigree.sync import analysis_luma, synchronise, whiten
+    from filigree.sync.reader import presence_weights
+
+    for image, piece in ((_collage(marked, (0, 0)), (300, 434)), (marked, marked.size[::-1])):
+        luma, scale = analysis_luma(np.asarray(image))
+        w = whiten(luma).astype(np.float64)
+        found = [h for h in synchronise(image, wm.periodic.bank, 3) if h.lattice_score > 0]
+        best = max(found, key=lambda h: h.z)
+        weights = presence_weights(w, best.lattice * np.asarray(scale), wm.periodic.bank, best)
+        inside = weights[: piece[0], : piece[1]].mean()
+        outside = (weights.sum() - weights[: piece[0], : piece[1]].sum()) / max(1, weights.size - piece[0] * piece[1])
+        if image is marked:
+            assert (weights > 0).mean() > 0.8, (weights > 0).mean()
+        else:
+            assert inside > 3 * outside, (inside, outside)
 
 
 @pytest.mark.parametrize("place", COLLAGE_PLACES)

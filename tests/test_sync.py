@@ -278,6 +278,40 @@ def test_comb_finds_the_period_and_angle(templates, edit):
     assert abs(got_angle - true_angle) < 0.15 or abs(got_angle + true_angle) < 0.15, (got_angle, true_angle)
 
 
+def test_the_upright_search_finds_a_faint_upright_lattice_the_log_polar_grid_misses(templates):
+    """A faint mark (2 grey levels RMS) on a texture, cropped at an odd offset: the log-polar
+    candidates hold nothing within 1 % of its period, the upright search's best peak is it (to
+    0.5 %, well above `MIN_SCORE`), and so `comb_lattices` reports it upright."""
+    import importlib
+
+    comb = importlib.import_module("filigree.sync.comb")
+    base = texture(3, 600, 800)
+    pattern = tile_pattern(embedded_tile(templates), 600, 800, 97)
+    image = np.clip(np.rint(base + 2.0 * pattern / pattern.std()), 0, 255).astype(np.uint8)
+    w = whiten(analysis_luma(image[41:461, 77:637])[0])
+    norm = comb.normalised_power(w)
+    zmap = comb.comb_map(norm, 1)
+    lo, hi = comb.MIN_PERIOD, min(w.shape) / 2.0
+    log_polar = comb._log_polar_candidates(zmap, comb.comb_map(norm, 2), lo, hi, comb.band_points(*comb.TEMPLATE_BAND))
+    assert not any(abs(period / 97 - 1) < 0.01 for period, _, _ in log_polar), log_polar
+    period, angle, score = comb.upright_candidates(zmap, lo, hi, 3)[0]
+    assert abs(period / 97 - 1) < 0.005 and angle == 0.0 and score > comb.MIN_SCORE + 2, (period, score)
+    got_period, got_angle = _lattice_of(comb_lattices(w, (1.0, 1.0), 3)[0].basis)
+    assert abs(got_period / 97 - 1) < 0.005 and got_angle == 0.0
+
+
+def test_upright_periods_move_no_line_by_more_than_half_a_bin():
+    """Between two steps of the upright grid the band's highest line (24 cycles per period)
+    moves by at most half a frequency bin, from the shortest period to the longest."""
+    from filigree.sync.comb import upright_periods
+
+    periods = upright_periods(28.0, 400.0, 1024)
+    assert periods[0] == 28.0 and periods[-1] == 400.0
+    line_bins = 24 * 1024 / periods
+    assert np.all(-np.diff(line_bins) <= 0.5 + 1e-9)
+    assert len(periods) < 2000
+
+
 def test_comb_reports_nothing_strong_on_unmarked_textures():
     """Under no mark the comb's best lattice stays near the search's own maximum of noise
     (every period and angle), far under a marked image's (`test_comb_finds_the_period_and_angle`:

@@ -262,8 +262,8 @@ def upright_scores(zmap: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, 
 
 def upright_candidates(zmap: np.ndarray, lo: float, hi: float, count: int) -> list[tuple[float, float, float]]:
     """(period, 0.0, score) of the `count` best distinct peaks of `upright_scores` (peaks within
-    2 % of a better one's period are the same line set), each refined on a grid of 7 periods
-    over its step to either side (the middle of the plateau of best scores, as `_refine`)."""
+    2 % of a better one's period are the same line set), each refined twice (`_refine_upright`:
+    over its grid step to either side, then over a third of it)."""
     if hi <= lo:
         return []
     periods, scores = upright_scores(zmap, lo, hi)
@@ -275,11 +275,20 @@ def upright_candidates(zmap: np.ndarray, lo: float, hi: float, count: int) -> li
         if any(abs(np.log(periods[k] / period)) < 0.02 for period, _, _ in found):
             continue
         step = float(np.log(periods[min(k + 1, len(periods) - 1)] / periods[max(k - 1, 0)])) / 2.0
-        fine = periods[k] * np.exp(np.linspace(-step, step, _FINE))
-        fine_scores = comb_scores(zmap, zmap.shape[0], fine, np.zeros(1), points)[:, 0]
-        near = fine_scores >= fine_scores.max() - _PLATEAU
-        found.append((float(np.exp(np.mean(np.log(fine[near])))), 0.0, float(fine_scores.max())))
+        period, score = float(periods[k]), float(scores[k])
+        for reach in (step, step / 3.0):
+            period, score = _refine_upright(zmap, period, reach, points)
+        found.append((period, 0.0, score))
     return found
+
+
+def _refine_upright(zmap: np.ndarray, period: float, reach: float, points: np.ndarray) -> tuple[float, float]:
+    """(period, score): the middle of the plateau of best scores (as `_refine`) of the upright
+    lattices on a grid of `_FINE` periods within a relative `reach` of `period`."""
+    fine = period * np.exp(np.linspace(-reach, reach, _FINE))
+    scores = comb_scores(zmap, zmap.shape[0], fine, np.zeros(1), points)[:, 0]
+    near = scores >= scores.max() - _PLATEAU
+    return float(np.exp(np.mean(np.log(fine[near])))), float(scores.max())
 
 
 def _suppress(scores: np.ndarray, i: int, j: int) -> None:
