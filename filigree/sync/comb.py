@@ -59,7 +59,7 @@ _TRIES = 6  # log-polar peaks refined at most
 UPRIGHT_TRIES = 3
 """Peaks of the upright search (`upright_candidates`) refined and offered beside the log-polar
 ones."""
-UPRIGHT_STEPS_PER_BIN = 2.0
+UPRIGHT_STEPS_PER_BIN = 1.0
 """Upright grid density: periods step so that the band's highest line moves by at most
 1 / this many frequency bins."""
 _PLATEAU = 0.25  # comb scores this close to the best count as the best
