@@ -277,35 +277,44 @@ def test_window_boxes_cover_every_quarter_sized_piece():
             assert best >= 0.75 * 300 and best_x >= 0.75 * 434
 
 
-COLLAGE_PLACES = [(200, 120), (430, 0)]
+COLLAGE_PLACES = [(0, 0), (400, 250), (200, 120), (430, 0)]
+SMALL_PIECE = 0.42
+"""A pasted piece this small (0.42 of the photo's sides) is missed by the straight read."""
+SMALL_PLACES = [(200, 120), (0, 300)]
 
 
-def _collage(piece, place):
-    """`piece` at half size pasted at `place` into a dense texture the size of the photo."""
+def _collage(piece, place, fraction=0.5):
+    """`piece` at `fraction` of its size pasted at `place` into a dense texture the size of
+    the photo."""
     host = Image.open(Path(bundled_samples_dir()) / "opencv_aloeL.jpg").convert("RGB").resize(piece.size)
-    host.paste(piece.resize((piece.width // 2, piece.height // 2), Image.Resampling.BICUBIC), place)
+    size = (int(piece.width * fraction), int(piece.height * fraction))
+    host.paste(piece.resize(size, Image.Resampling.BICUBIC), place)
     return host
 
 
-def test_a_straight_read_folds_again_where_the_template_is(wm, photo, marked, monkeypatch):
-    """A half-size marked photo in the corner of a textured one: the fold of the whole collage
-    is diluted by the host, the fold weighted by the template's presence
-    (`presence_weights`, the read's fifth hypothesis) reads it; the unmarked collage reads
-    nothing."""
+@pytest.mark.parametrize("place", COLLAGE_PLACES)
+def test_a_straight_read_finds_a_half_size_marked_photo_pasted_into_another(wm, photo, marked, place):
+    """A half-size marked photo anywhere in a textured one: the fold of the whole collage is
+    diluted by the host; the window fold where the template shows best (`best_window_match`)
+    and the fold weighted by the template's presence (`presence_weights`, the read's fifth
+    hypothesis) read it. The unmarked collage reads nothing."""
+    read = wm.extract(_collage(marked, place))
+    assert read.detected and read.decoded == PAYLOAD, read
+    assert not wm.extract(_collage(photo, place)).detected
+
+
+def test_without_the_presence_weights_the_collage_is_missed(wm, marked, monkeypatch):
     import filigree.sync.reader as reader
 
-    collage = _collage(marked, (0, 0))
-    read = wm.extract(collage)
-    assert read.detected and read.decoded == PAYLOAD, read
-    assert not wm.extract(_collage(photo, (0, 0))).detected
     monkeypatch.setattr(reader, "presence_weights", lambda *args: None)  # an unweighted refold
-    assert not wm.extract(collage).detected
+    assert not wm.extract(_collage(marked, (200, 120))).detected
 
 
 def test_presence_weights_follow_the_marked_part(wm, photo, marked):
     """The weights are higher over the pasted marked photo than over the host, and over the
     whole of a marked photo nearly even."""
     from filigree.sync import analysis_luma, synchronise, whiten
+    from filigree.sync import TemplateMatch
     from filigree.sync.reader import presence_weights
 
     for image, piece in ((_collage(marked, (0, 0)), (300, 434)), (marked, marked.size[::-1])):
@@ -313,7 +322,8 @@ def test_presence_weights_follow_the_marked_part(wm, photo, marked):
         w = whiten(luma).astype(np.float64)
         found = [h for h in synchronise(image, wm.periodic.bank, 3) if h.lattice_score > 0]
         best = max(found, key=lambda h: h.z)
-        weights = presence_weights(w, best.lattice * np.asarray(scale), wm.periodic.bank, best)
+        match = TemplateMatch(best.template, best.dihedral, best.shift, best.z)
+        weights = presence_weights(w, best.lattice * np.asarray(scale), wm.periodic.bank, match)
         inside = weights[: piece[0], : piece[1]].mean()
         outside = (weights.sum() - weights[: piece[0], : piece[1]].sum()) / max(1, weights.size - piece[0] * piece[1])
         if image is marked:
@@ -322,19 +332,20 @@ def test_presence_weights_follow_the_marked_part(wm, photo, marked):
             assert inside > 3 * outside, (inside, outside)
 
 
-@pytest.mark.parametrize("place", COLLAGE_PLACES)
+@pytest.mark.parametrize("place", SMALL_PLACES)
 def test_reframe_reads_a_marked_photo_pasted_into_another(wm, photo, marked, place):
-    """The straight read misses a half-size marked photo inside a textured one (its lines and
+    """The straight read misses a smaller marked piece inside a textured one (its lines and
     fold are diluted by the host); the window search finds it and names the window."""
-    collage = _collage(marked, place)
+    collage = _collage(marked, place, SMALL_PIECE)
     assert not wm.extract(collage).detected
     read = wm.extract(collage, reframe=True)
     assert read.detected and read.decoded == PAYLOAD, read
     x, y, width, height = read.framing["window"]  # fractions of the collage's sides
-    centre = ((place[0] + photo.width / 4) / collage.width, (place[1] + photo.height / 4) / collage.height)
+    half = SMALL_PIECE / 2
+    centre = ((place[0] + photo.width * half) / collage.width, (place[1] + photo.height * half) / collage.height)
     assert x <= centre[0] <= x + width and y <= centre[1] <= y + height
     assert width == height == 0.5
-    assert not wm.extract(_collage(photo, place), reframe=True).detected
+    assert not wm.extract(_collage(photo, place, SMALL_PIECE), reframe=True).detected
 
 
 def test_window_hypotheses_place_the_tile_in_the_whole_image(wm, marked):
@@ -351,9 +362,11 @@ def test_window_hypotheses_place_the_tile_in_the_whole_image(wm, marked):
 
 def test_reframe_reads_a_pasted_photo_in_a_larger_collage_at_its_own_resolution(wm, marked):
     """The collage at 1.5 x (1302 x 900): its windows are analysed at their own resolution, not
-    downscaled with the whole image below the pasted piece's small period."""
-    collage = _collage(marked, COLLAGE_PLACES[1])
+    downscaled with the whole image below the pasted piece's small period (the straight read,
+    at the whole image's analysis size, misses it)."""
+    collage = _collage(marked, (200, 120))
     bigger = collage.resize((collage.width * 3 // 2, collage.height * 3 // 2), Image.Resampling.BICUBIC)
+    assert not wm.extract(bigger).detected
     read = wm.extract(bigger, reframe=True)
     assert read.detected and read.decoded == PAYLOAD, read
 

@@ -104,16 +104,17 @@ def test_re_marking_with_this_key_is_refused(embedded, bundle, tmp_path):
 
 
 def test_extract_mode_with_reframe_reads_a_marked_photo_pasted_into_another(embedded, bundle, tmp_path):
-    """A half-size copy of the marked building inside a dense texture: the straight read misses
-    it, `--reframe` finds it in a window (and names the window); the unmarked collage stays
-    unread either way."""
+    """The marked building (868 x 600) in the corner of a dense texture three times its sides:
+    the straight read, at the whole image's analysis size (1024 px, 0.39 x), cannot resolve its
+    period; `--reframe` finds it in a window analysed at its own resolution (and names the
+    window); the unmarked collage stays unread either way."""
     samples = Path(bundled_samples_dir())
     marked = Image.open(embedded["out"] / "marked" / "building.jpg").convert("RGB")
     folder = tmp_path / "collages"
     folder.mkdir()
     for name, piece in (("marked.png", marked), ("plain.png", Image.open(samples / "opencv_building.jpg").convert("RGB"))):
-        host = Image.open(samples / "opencv_aloeL.jpg").convert("RGB").resize(piece.size)
-        host.paste(piece.resize((piece.width // 2, piece.height // 2), Image.Resampling.BICUBIC), (400, 250))
+        host = Image.open(samples / "opencv_aloeL.jpg").convert("RGB").resize((piece.width * 3, piece.height * 3))
+        host.paste(piece, (piece.width * 2, 0))
         host.save(folder / name)
     runs = {}
     for flags in ((), ("--reframe",)):
@@ -121,8 +122,8 @@ def test_extract_mode_with_reframe_reads_a_marked_photo_pasted_into_another(embe
         assert main(["--input", str(folder), "--output", str(out), "--mode", "extract", "--model", bundle,
                      "--key", "pipeline-key", *flags]) == 0
         runs[flags] = {os.path.basename(r["image"]): r for r in read_records(out)}
-    assert not runs[()]["marked.png"]["detected"]
+    assert not runs[()]["marked.png"]["detected"], runs[()]["marked.png"]
     found = runs[("--reframe",)]["marked.png"]
     assert found["detected"] and found["decoded"] == PAYLOAD, found
-    assert found["framing"]["window"] == [0.5, 0.5, 0.5, 0.5]
+    assert found["framing"]["window"] == [0.5, 0.0, 0.5, 0.5]
     assert not runs[("--reframe",)]["plain.png"]["detected"]

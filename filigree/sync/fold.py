@@ -45,6 +45,26 @@ def fold(
     return (sums / np.where(counts > 0, counts, 1)).reshape(size, size).astype(np.float32)
 
 
+def fold_blocks(
+    w: np.ndarray,
+    basis: np.ndarray,
+    size: int = TILE_SIZE,
+    grid: int = 4,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(sums, counts), float64 [grid, grid, size, size] each: the fold of w over `basis` (from
+    origin 0, as `fold`) kept apart for each block of a grid x grid split of the image, in one
+    pass over the pixels. The fold of any union of blocks is its sums over its counts, in the
+    same tile coordinates as the whole image's fold."""
+    h, wd = np.shape(w)
+    block = (np.arange(h) * grid // h)[:, None] * grid + (np.arange(wd) * grid // wd)[None, :]
+    flat = fold_bins((h, wd), basis, size)
+    flat += (block * (size * size)).astype(np.int32)
+    length = grid * grid * size * size
+    sums = np.bincount(flat.ravel(), weights=np.asarray(w, np.float64).ravel(), minlength=length)
+    counts = np.bincount(flat.ravel(), minlength=length).astype(np.float64)
+    return sums.reshape(grid, grid, size, size), counts.reshape(grid, grid, size, size)
+
+
 def fold_bins(
     shape: tuple[int, int],
     basis: np.ndarray,

@@ -14,6 +14,7 @@ from filigree.sync.fold import (
     align,
     fold,
     fold_bins,
+    fold_blocks,
     locate_template,
     matched_pattern,
     template_bank,
@@ -230,8 +231,9 @@ def hypotheses_of(
                 if again.z > found[best].z:
                     found[best], basis = again, refined
         # and folded again where its template is (`presence_weights`): a mark on part of the image
+        match = best_window_match(w64, basis, bank)
         found.append(register(w64, basis, bank, scale, lattice_score=lattices[best][1],
-                              weights=presence_weights(w64, basis, bank, found[best])))
+                              weights=presence_weights(w64, basis, bank, match)))
     hypotheses += found
     hypotheses.sort(key=lambda h: -h.z)
     return hypotheses
@@ -279,10 +281,36 @@ def refine_lattice(w: np.ndarray, basis: np.ndarray, bank: np.ndarray,
     return np.linalg.inv(inverse).T
 
 
+PRESENCE_GRID = 4
+"""`best_window_match` splits the image into this many blocks per side; its windows are 2 x 2
+blocks (half the image's sides, at 3 x 3 positions)."""
+
+
+def best_window_match(w: np.ndarray, basis: np.ndarray, bank: np.ndarray) -> TemplateMatch:
+    """The template match (`locate_template`) of the highest z among the fold of the whole
+    whitened image w over `basis` (origin 0) and the folds of its half-size windows
+    (`PRESENCE_GRID`), all from one pass over the pixels (`fold_blocks`), in the whole fold's
+    coordinates. A marked piece covering a quarter of the image shows its template more
+    clearly in the window it fills than in the whole, where the rest dilutes it."""
+    size = bank.shape[-2]
+    spacing = float(np.sqrt(abs(np.linalg.det(basis)))) / size
+    sums, counts = fold_blocks(w, basis, size, PRESENCE_GRID)
+    regions = [(slice(None), slice(None))] + [(slice(i, i + 2), slice(j, j + 2))
+                                             for i in range(PRESENCE_GRID - 1) for j in range(PRESENCE_GRID - 1)]
+    best = None
+    for rows, cols in regions:
+        total = counts[rows, cols].sum(axis=(0, 1))
+        folded = (sums[rows, cols].sum(axis=(0, 1)) / np.where(total > 0, total, 1.0)).astype(np.float32)
+        match = locate_template(folded, bank, spacing)
+        if best is None or match.z > best.z:
+            best = match
+    return best
+
+
 def presence_weights(w: np.ndarray, basis: np.ndarray, bank: np.ndarray,
-                     hypothesis: SyncHypothesis) -> np.ndarray:
-    """float32 [h, w] >= 0: where in the whitened analysis image w the template of `hypothesis`
-    (found in the fold of w over `basis` from origin 0) lies, as weights for folding again.
+                     match: TemplateMatch) -> np.ndarray:
+    """float32 [h, w] >= 0: where in the whitened analysis image w the template `match` (found
+    in a fold of w over `basis` from origin 0) lies, as weights for folding again.
 
     The template's correlation with the fold is a sum over pixels of w times the
     `matched_pattern` at each pixel's tile sample. Summed over blocks of about one period, and
@@ -293,7 +321,6 @@ def presence_weights(w: np.ndarray, basis: np.ndarray, bank: np.ndarray,
     """
     size = bank.shape[-2]
     spacing = float(np.sqrt(abs(np.linalg.det(basis)))) / size
-    match = TemplateMatch(hypothesis.template, hypothesis.dihedral, hypothesis.shift, hypothesis.z)
     pattern = matched_pattern(bank, match, spacing)
     evidence = w * pattern.ravel()[fold_bins(w.shape, basis, size)]
     block = max(8, int(round(PRESENCE_BLOCK * spacing * size)))
