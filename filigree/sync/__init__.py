@@ -1,4 +1,4 @@
-"""Geometric re-synchronisation of the periodic ("lattice") layout, numpy + Pillow only.
+"""Geometric re-synchronisation of the periodic ("lattice") layout: numpy, scipy.fft and Pillow.
 
 Embed side: `sync_template` (key-derived templates), `period_for`, `tile_pattern` (the tile
 laid out periodically over the image). Read side, in order: `analysis_luma`, `whiten`,

@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 import numpy as np
+import scipy.fft
 
 from filigree.imaging.jnd import box_mean
 from filigree.sync.analysis import _smooth_length
@@ -120,7 +121,7 @@ def normalised_power(w: np.ndarray) -> np.ndarray:
     h, wd = _smooth_length(np.shape(w)[0]), _smooth_even_length(np.shape(w)[1])
     x = np.asarray(w, dtype=np.float32)[:h, :wd]
     x = x - x.mean(dtype=np.float64).astype(np.float32)
-    spectrum = np.fft.rfft2(x)
+    spectrum = scipy.fft.rfft2(x)
     power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
     ring = _ring_mean(power)
     local = box_mean(np.minimum(power, POWER_CLIP * ring), NORMALISE_BINS)
@@ -327,7 +328,7 @@ def log_polar_scores(zmap: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray
     grid = _log_polar_grid(*zmap.shape, float(hi))
     folded = np.where(grid.inside, zmap.ravel()[grid.index], np.float32(0.0)).sum(axis=0)
     size = grid.spectrum.shape[0]
-    sums = np.fft.irfft2(np.fft.rfft2(folded, s=(size, folded.shape[1])) * grid.spectrum, s=(size, folded.shape[1]))
+    sums = scipy.fft.irfft2(scipy.fft.rfft2(folded, s=(size, folded.shape[1])) * grid.spectrum, s=(size, folded.shape[1]))
     keep = (grid.periods >= lo) & (grid.periods <= hi * (1.0 + 1e-9))
     scores = sums[keep] / np.sqrt(np.maximum(grid.counts[keep], 1.0))
     scores[grid.counts[keep] < 16] = -np.inf

@@ -14,6 +14,7 @@ from filigree.sync.fold import (
     align,
     fold,
     fold_bins,
+    band_excess,
     fold_blocks,
     locate_template,
     matched_pattern,
@@ -231,7 +232,8 @@ def hypotheses_of(
                 if again.z > found[best].z:
                     found[best], basis = again, refined
         # and folded again where its template is (`presence_weights`): a mark on part of the image
-        match = best_window_match(w64, basis, bank)
+        whole = TemplateMatch(found[best].template, found[best].dihedral, found[best].shift, found[best].z)
+        match = best_window_match(w64, basis, bank, whole)
         found.append(register(w64, basis, bank, scale, lattice_score=lattices[best][1],
                               weights=presence_weights(w64, basis, bank, match)))
     hypotheses += found
@@ -286,25 +288,22 @@ PRESENCE_GRID = 4
 blocks (half the image's sides, at 3 x 3 positions)."""
 
 
-def best_window_match(w: np.ndarray, basis: np.ndarray, bank: np.ndarray) -> TemplateMatch:
-    """The template match (`locate_template`) of the highest z among the fold of the whole
-    whitened image w over `basis` (origin 0) and the folds of its half-size windows
-    (`PRESENCE_GRID`), all from one pass over the pixels (`fold_blocks`), in the whole fold's
-    coordinates. A marked piece covering a quarter of the image shows its template more
-    clearly in the window it fills than in the whole, where the rest dilutes it."""
+def best_window_match(w: np.ndarray, basis: np.ndarray, bank: np.ndarray, whole: TemplateMatch) -> TemplateMatch:
+    """`whole` (the template match of the fold of the whole whitened image w over `basis`,
+    origin 0) or, when its template z is higher, the match (`locate_template`) in the half-size
+    window (2 x 2 blocks of `PRESENCE_GRID`) whose fold holds the most energy in the band
+    (`band_excess`), in the whole fold's coordinates. The windows' folds come from one pass
+    over the pixels (`fold_blocks`). A marked piece covering a quarter of the image shows its
+    template more clearly in the window it fills than in the whole, where the rest dilutes it."""
     size = bank.shape[-2]
-    spacing = float(np.sqrt(abs(np.linalg.det(basis)))) / size
-    sums, counts = fold_blocks(w, basis, size, PRESENCE_GRID)
-    regions = [(slice(None), slice(None))] + [(slice(i, i + 2), slice(j, j + 2))
-                                             for i in range(PRESENCE_GRID - 1) for j in range(PRESENCE_GRID - 1)]
-    best = None
-    for rows, cols in regions:
-        total = counts[rows, cols].sum(axis=(0, 1))
-        folded = (sums[rows, cols].sum(axis=(0, 1)) / np.where(total > 0, total, 1.0)).astype(np.float32)
-        match = locate_template(folded, bank, spacing)
-        if best is None or match.z > best.z:
-            best = match
-    return best
+    sums, counts, energy = fold_blocks(w, basis, size, PRESENCE_GRID)
+    windows = [(slice(i, i + 2), slice(j, j + 2)) for i in range(PRESENCE_GRID - 1) for j in range(PRESENCE_GRID - 1)]
+    rows, cols = max(windows, key=lambda window: band_excess(
+        sums[window].sum(axis=(0, 1)), counts[window].sum(axis=(0, 1)), float(energy[window].sum())))
+    total = counts[rows, cols].sum(axis=(0, 1))
+    folded = (sums[rows, cols].sum(axis=(0, 1)) / np.where(total > 0, total, 1.0)).astype(np.float32)
+    match = locate_template(folded, bank, float(np.sqrt(abs(np.linalg.det(basis)))) / size)
+    return match if match.z > whole.z else whole
 
 
 def presence_weights(w: np.ndarray, basis: np.ndarray, bank: np.ndarray,
