@@ -72,8 +72,8 @@ class PeriodicLayout:
     @property
     def hypotheses(self) -> int:
         """What a read's p-value is multiplied by: the card's contract counts max_lattices + 2
-        aligned tiles (`synchronise` decodes at most the unedited lattice and `max_lattices`
-        found ones, one fewer: the correction is a little conservative)."""
+        aligned tiles (`synchronise` gives at most the unedited lattice, `max_lattices` found
+        ones and the presence-weighted fold of the best of them)."""
         return self.max_lattices + 2
 
     def to_dict(self) -> dict[str, Any]:

@@ -281,7 +281,8 @@ def test_comb_finds_the_period_and_angle(templates, edit):
 def test_the_upright_search_finds_a_faint_upright_lattice_the_log_polar_grid_misses(templates):
     """A faint mark (2 grey levels RMS) on a texture, cropped at an odd offset: the log-polar
     candidates hold nothing within 1 % of its period, the upright search's best peak is it (to
-    0.5 %, well above `MIN_SCORE`), and so `comb_lattices` reports it upright."""
+    0.1 % with the interpolated power, `interpolated_period`; well above `MIN_SCORE`), and so
+    `comb_lattices` reports it upright."""
     import importlib
 
     comb = importlib.import_module("filigree.sync.comb")
@@ -294,10 +295,24 @@ def test_the_upright_search_finds_a_faint_upright_lattice_the_log_polar_grid_mis
     lo, hi = comb.MIN_PERIOD, min(w.shape) / 2.0
     log_polar = comb._log_polar_candidates(zmap, comb.comb_map(norm, 2), lo, hi, comb.band_points(*comb.TEMPLATE_BAND))
     assert not any(abs(period / 97 - 1) < 0.01 for period, _, _ in log_polar), log_polar
-    period, angle, score = comb.upright_candidates(zmap, lo, hi, 3)[0]
-    assert abs(period / 97 - 1) < 0.005 and angle == 0.0 and score > comb.MIN_SCORE + 2, (period, score)
+    period, angle, score = comb.upright_candidates(zmap, lo, hi, 3, norm)[0]
+    assert abs(period / 97 - 1) < 0.001 and angle == 0.0 and score > comb.MIN_SCORE + 2, (period, score)
     got_period, got_angle = _lattice_of(comb_lattices(w, (1.0, 1.0), 3)[0].basis)
-    assert abs(got_period / 97 - 1) < 0.005 and got_angle == 0.0
+    assert abs(got_period / 97 - 1) < 0.001 and got_angle == 0.0
+
+
+@pytest.mark.parametrize("edit", ["crop at odd offset", "rotation 2°"])
+def test_synchronise_gives_at_most_max_lattices_plus_two_hypotheses(templates, edit):
+    """The contract prices a read by max_lattices + 2 decodes: the unedited lattice, the comb's
+    lattices and the presence-weighted fold of the best of them."""
+    image, period = marked_image(templates)
+    edited, _, _ = EDITS[edit](image)
+    for lattices in (1, 3):
+        for layout_period in (period, None):
+            hypotheses = synchronise(edited, templates, lattices, layout_period=layout_period)
+            assert 1 <= len(hypotheses) <= lattices + 2
+            assert [h.z for h in hypotheses] == sorted((h.z for h in hypotheses), reverse=True)
+        assert len(hypotheses) >= 2  # a comb lattice and its presence-weighted fold
 
 
 def test_upright_periods_move_no_line_by_more_than_one_bin():

@@ -102,10 +102,12 @@ def synchronise(
     lattices of the spectral comb (`comb_lattices`: any period and angle) and registered
     against the templates (Pereira & Pun 2000); the best is refined (`refine_lattice`).
     `layout_period` (input pixels) adds one hypothesis first: the image as marked, unedited (a
-    square lattice of that period at pixel (0, 0)). At most max_lattices + 1 hypotheses, highest
-    template z first; a read that decodes them must count them all in its p-value (the periodic
-    layout's contract counts max_lattices + 2). An image too small, too thin or flat to hold a
-    lattice gives []; a malformed array raises ValueError.
+    square lattice of that period at pixel (0, 0)). The best found lattice is also folded again
+    with each pixel weighted by its template's presence (`presence_weights`, from the window
+    `best_window_match` picks). At most max_lattices + 2 hypotheses, highest template z first; a
+    read that decodes them must count them all in its p-value (the periodic layout's contract
+    counts max_lattices + 2). An image too small, too thin or flat to hold a lattice gives []; a
+    malformed array raises ValueError.
     """
     analysis = analyse(pixels)
     if analysis is None:
