@@ -60,8 +60,7 @@ def fold_blocks(
     block = (np.arange(h) * grid // h)[:, None] * grid + (np.arange(wd) * grid // wd)[None, :]
     values = np.asarray(w, np.float64).ravel()
     energy = np.bincount(block.ravel(), weights=values * values, minlength=grid * grid)
-    flat = fold_bins((h, wd), basis, size)
-    flat += (block * (size * size)).astype(np.int32)
+    flat = fold_bins((h, wd), basis, size) + (block * (size * size)).astype(np.int32)
     length = grid * grid * size * size
     sums = np.bincount(flat.ravel(), weights=values, minlength=length)
     counts = np.bincount(flat.ravel(), minlength=length).astype(np.float64)
@@ -93,13 +92,20 @@ def fold_bins(
     size: int = TILE_SIZE,
     origin: tuple[float, float] = (0.0, 0.0),
 ) -> np.ndarray:
-    """int32 [h, w]: the flat tile sample (u * size + v) each pixel of an [h, w] image falls in
-    when folded over the lattice `basis` (rows v1, v2, pixels) from `origin` (see `fold`).
-    Raises ValueError for a singular basis."""
+    """int32 [h, w], read-only: the flat tile sample (u * size + v) each pixel of an [h, w]
+    image falls in when folded over the lattice `basis` (rows v1, v2, pixels) from `origin`
+    (see `fold`). The last few are kept: a read folds its best lattice several times. Raises
+    ValueError for a singular basis."""
     basis = np.asarray(basis, dtype=np.float64)
     det = np.linalg.det(basis)
     if not np.isfinite(det) or abs(det) < 1e-6:
         raise ValueError(f"lattice basis is singular: {basis.tolist()}")
+    return _cached_bins(tuple(int(n) for n in shape), basis.tobytes(), int(size), (float(origin[0]), float(origin[1])))
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_bins(shape: tuple[int, int], basis_bytes: bytes, size: int, origin: tuple[float, float]) -> np.ndarray:
+    basis = np.frombuffer(basis_bytes, dtype=np.float64).reshape(2, 2)
     h, wd = shape
     to_tile = np.linalg.inv(basis.T) * size  # (dy, dx) -> tile units (u, v)
     ys = np.arange(h, dtype=np.float64) - origin[0]
@@ -107,6 +113,7 @@ def fold_bins(
     flat = _bins(to_tile[0], ys, xs, size)
     flat *= size
     flat += _bins(to_tile[1], ys, xs, size)
+    flat.flags.writeable = False
     return flat
 
 
