@@ -288,24 +288,32 @@ def refine_lattice(w: np.ndarray, basis: np.ndarray, bank: np.ndarray,
 PRESENCE_GRID = 4
 """`best_window_match` splits the image into this many blocks per side; its windows are 2 x 2
 blocks (half the image's sides, at 3 x 3 positions)."""
+PRESENCE_WINDOWS = 3
+"""Windows (those with the most band energy) in which `best_window_match` locates the template:
+on 12 held-out collages x 3 seeds, 1 window read 28 of 36, 3 windows 30."""
 
 
 def best_window_match(w: np.ndarray, basis: np.ndarray, bank: np.ndarray, whole: TemplateMatch) -> TemplateMatch:
     """`whole` (the template match of the fold of the whole whitened image w over `basis`,
-    origin 0) or, when its template z is higher, the match (`locate_template`) in the half-size
-    window (2 x 2 blocks of `PRESENCE_GRID`) whose fold holds the most energy in the band
-    (`band_excess`), in the whole fold's coordinates. The windows' folds come from one pass
-    over the pixels (`fold_blocks`). A marked piece covering a quarter of the image shows its
-    template more clearly in the window it fills than in the whole, where the rest dilutes it."""
+    origin 0) or, when one's template z is higher, the match (`locate_template`) in one of the
+    `PRESENCE_WINDOWS` half-size windows (2 x 2 blocks of `PRESENCE_GRID`) whose folds hold the
+    most energy in the band (`band_excess`), in the whole fold's coordinates. The windows'
+    folds come from one pass over the pixels (`fold_blocks`). A marked piece covering a quarter
+    of the image shows its template more clearly in the window it fills than in the whole,
+    where the rest dilutes it."""
     size = bank.shape[-2]
+    spacing = float(np.sqrt(abs(np.linalg.det(basis)))) / size
     sums, counts, energy = fold_blocks(w, basis, size, PRESENCE_GRID)
     windows = [(slice(i, i + 2), slice(j, j + 2)) for i in range(PRESENCE_GRID - 1) for j in range(PRESENCE_GRID - 1)]
-    rows, cols = max(windows, key=lambda window: band_excess(
+    windows.sort(key=lambda window: -band_excess(
         sums[window].sum(axis=(0, 1)), counts[window].sum(axis=(0, 1)), float(energy[window].sum())))
-    total = counts[rows, cols].sum(axis=(0, 1))
-    folded = (sums[rows, cols].sum(axis=(0, 1)) / np.where(total > 0, total, 1.0)).astype(np.float32)
-    match = locate_template(folded, bank, float(np.sqrt(abs(np.linalg.det(basis)))) / size)
-    return match if match.z > whole.z else whole
+    best = whole
+    for rows, cols in windows[:PRESENCE_WINDOWS]:
+        total = counts[rows, cols].sum(axis=(0, 1))
+        folded = (sums[rows, cols].sum(axis=(0, 1)) / np.where(total > 0, total, 1.0)).astype(np.float32)
+        match = locate_template(folded, bank, spacing)
+        best = match if match.z > best.z else best
+    return best
 
 
 def presence_weights(w: np.ndarray, basis: np.ndarray, bank: np.ndarray,
