@@ -278,17 +278,12 @@ def test_window_boxes_cover_every_quarter_sized_piece():
 
 
 COLLAGE_PLACES = [(0, 0), (400, 250), (200, 120), (430, 0)]
-SMALL_PIECE = 0.42
-"""A pasted piece this small (0.42 of the photo's sides) is missed by the straight read."""
-SMALL_PLACES = [(200, 120), (430, 0)]
 
 
-def _collage(piece, place, fraction=0.5):
-    """`piece` at `fraction` of its size pasted at `place` into a dense texture the size of
-    the photo."""
+def _collage(piece, place):
+    """`piece` at half size pasted at `place` into a dense texture the size of the photo."""
     host = Image.open(Path(bundled_samples_dir()) / "opencv_aloeL.jpg").convert("RGB").resize(piece.size)
-    size = (int(piece.width * fraction), int(piece.height * fraction))
-    host.paste(piece.resize(size, Image.Resampling.BICUBIC), place)
+    host.paste(piece.resize((piece.width // 2, piece.height // 2), Image.Resampling.BICUBIC), place)
     return host
 
 
@@ -332,20 +327,28 @@ def test_presence_weights_follow_the_marked_part(wm, photo, marked):
             assert inside > 3 * outside, (inside, outside)
 
 
-@pytest.mark.parametrize("place", SMALL_PLACES)
-def test_reframe_reads_a_marked_photo_pasted_into_another(wm, photo, marked, place):
-    """The straight read misses a smaller marked piece inside a textured one (its lines and
-    fold are diluted by the host); the window search finds it and names the window."""
-    collage = _collage(marked, place, SMALL_PIECE)
+def _in_a_larger_texture(piece, cell):
+    """`piece` pasted at grid cell (column, row) of a dense texture three times its sides."""
+    host = Image.open(Path(bundled_samples_dir()) / "opencv_aloeL.jpg").convert("RGB")
+    host = host.resize((piece.width * 3, piece.height * 3))
+    host.paste(piece, (piece.width * cell[0], piece.height * cell[1]))
+    return host
+
+
+@pytest.mark.parametrize("cell", [(2, 0), (1, 1)])
+def test_reframe_reads_a_marked_photo_pasted_into_another(wm, photo, marked, cell):
+    """The marked photo in a texture three times its sides: the straight read, at the whole
+    image's analysis size (1024 px, 0.39 x), cannot resolve its period; the window search,
+    each window at its own resolution, finds it and names the window."""
+    collage = _in_a_larger_texture(marked, cell)
     assert not wm.extract(collage).detected
     read = wm.extract(collage, reframe=True)
     assert read.detected and read.decoded == PAYLOAD, read
     x, y, width, height = read.framing["window"]  # fractions of the collage's sides
-    half = SMALL_PIECE / 2
-    centre = ((place[0] + photo.width * half) / collage.width, (place[1] + photo.height * half) / collage.height)
+    centre = ((cell[0] + 0.5) / 3, (cell[1] + 0.5) / 3)
     assert x <= centre[0] <= x + width and y <= centre[1] <= y + height
     assert width == height == 0.5
-    assert not wm.extract(_collage(photo, place, SMALL_PIECE), reframe=True).detected
+    assert not wm.extract(_in_a_larger_texture(photo, cell), reframe=True).detected
 
 
 def test_window_hypotheses_place_the_tile_in_the_whole_image(wm, marked):
