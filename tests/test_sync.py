@@ -302,9 +302,12 @@ def test_the_upright_search_finds_a_faint_upright_lattice_the_log_polar_grid_mis
 
 
 @pytest.mark.parametrize("edit", ["crop at odd offset", "rotation 2°"])
-def test_synchronise_gives_at_most_max_lattices_plus_two_hypotheses(templates, edit):
+def test_synchronise_gives_at_most_max_lattices_plus_two_hypotheses(templates, edit, monkeypatch):
     """The contract prices a read by max_lattices + 2 decodes: the unedited lattice, the comb's
-    lattices and the presence-weighted fold of the best of them."""
+    lattices and the presence-weighted fold of the best of them (skipped for a mark strong enough
+    to fill the image, `PRESENCE_MAX_Z`)."""
+    import filigree.sync.reader as reader
+
     image, period = marked_image(templates)
     edited, _, _ = EDITS[edit](image)
     for lattices in (1, 3):
@@ -312,7 +315,9 @@ def test_synchronise_gives_at_most_max_lattices_plus_two_hypotheses(templates, e
             hypotheses = synchronise(edited, templates, lattices, layout_period=layout_period)
             assert 1 <= len(hypotheses) <= lattices + 2
             assert [h.z for h in hypotheses] == sorted((h.z for h in hypotheses), reverse=True)
-        assert len(hypotheses) >= 2  # a comb lattice and its presence-weighted fold
+    assert len(synchronise(edited, templates, 1)) == 1  # this mark's z is far above PRESENCE_MAX_Z
+    monkeypatch.setattr(reader, "PRESENCE_MAX_Z", np.inf)
+    assert len(synchronise(edited, templates, 1)) == 2  # the comb's lattice and its presence-weighted fold
 
 
 def test_upright_periods_move_no_line_by_more_than_one_bin():

@@ -71,10 +71,12 @@ def band_excess(sums: np.ndarray, counts: np.ndarray, energy: float) -> float:
     """z-score of a fold's energy in the templates' band over what folding noise leaves.
 
     sums, counts: float [n, n], a fold's sums and pixel counts (`fold_blocks`); energy: the sum
-    of the folded pixels' squares. Scaled by sqrt(count) / RMS, the fold of noise is white with
-    unit variance, so each band bin's power over n^2 has mean 1 and standard deviation 1; a
-    periodic mark raises it. Key-less: it ranks regions by how much lattice-locked signal they
-    hold, whatever the template."""
+    of the folded pixels' squares. Scaled by sqrt(count) / RMS, the fold of independent noise is
+    white with unit variance, so each band bin's power over n^2 has mean 1 and standard
+    deviation 1, and a periodic mark raises it. A photo's whitened content is not independent
+    from pixel to pixel and leaves some excess of its own (tens, on held-out photos), so the
+    score ranks regions of one image by their lattice-locked signal, whatever the template; it
+    is not a detection statistic."""
     n = sums.shape[-1]
     total = counts.sum()
     if total <= 0 or energy <= 0:

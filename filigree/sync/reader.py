@@ -6,15 +6,16 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image
+from scipy.ndimage import uniform_filter
 
 from filigree.sync.analysis import analysis_luma, autocorrelation, whiten
 from filigree.sync.comb import comb_lattices
 from filigree.sync.fold import (
     TemplateMatch,
     align,
+    band_excess,
     fold,
     fold_bins,
-    band_excess,
     fold_blocks,
     locate_template,
     matched_pattern,
@@ -31,10 +32,6 @@ RELATIVE_SCORE = 0.3
 lattice leaves weak echoes, such as its 2/3 harmonic, that never beat it)."""
 REFINE_MIN_Z = 5.5
 """A found lattice whose template z reaches this is refined (`refine_lattice`)."""
-PRESENCE_BLOCK = 1.0
-"""Side of the blocks of `presence_weights`, in periods."""
-PRESENCE_SMOOTHING = 1
-"""Blocks to each side over which a block's template evidence is pooled (`presence_weights`)."""
 QUADRANT_MIN_Z = 2.5
 """Template z each half image's fold needs, within 3 samples of the whole image's phase, for
 the refinement (`refine_lattice`)."""
@@ -102,9 +99,9 @@ def synchronise(
     lattices of the spectral comb (`comb_lattices`: any period and angle) and registered
     against the templates (Pereira & Pun 2000); the best is refined (`refine_lattice`).
     `layout_period` (input pixels) adds one hypothesis first: the image as marked, unedited (a
-    square lattice of that period at pixel (0, 0)). The best found lattice is also folded again
-    with each pixel weighted by its template's presence (`presence_weights`, from the window
-    `best_window_match` picks). At most max_lattices + 2 hypotheses, highest template z first; a
+    square lattice of that period at pixel (0, 0)). The best found lattice, unless its template z
+    reaches `PRESENCE_MAX_Z`, is also folded again with each pixel weighted by its template's
+    presence (`presence_weights`, from the window `best_window_match` picks). At most max_lattices + 2 hypotheses, highest template z first; a
     read that decodes them must count them all in its p-value (the periodic layout's contract
     counts max_lattices + 2). An image too small, too thin or flat to hold a lattice gives []; a
     malformed array raises ValueError.
@@ -233,6 +230,7 @@ def hypotheses_of(
                 again = register(w64, refined, bank, scale, lattice_score=lattices[best][1])
                 if again.z > found[best].z:
                     found[best], basis = again, refined
+    if found and found[best].z < PRESENCE_MAX_Z:
         # and folded again where its template is (`presence_weights`): a mark on part of the image
         whole = TemplateMatch(found[best].template, found[best].dihedral, found[best].shift, found[best].z)
         match = best_window_match(w64, basis, bank, whole)
@@ -285,6 +283,13 @@ def refine_lattice(w: np.ndarray, basis: np.ndarray, bank: np.ndarray,
     return np.linalg.inv(inverse).T
 
 
+PRESENCE_MAX_Z = 9.0
+"""A best found lattice whose template z reaches this is not folded again by presence: its mark
+fills the image (the presence-weighted fold only helps a mark on part of the image)."""
+PRESENCE_BLOCK = 1.0
+"""Side of the blocks of `presence_weights`, in periods."""
+PRESENCE_SMOOTHING = 1
+"""Blocks to each side over which a block's template evidence is pooled (`presence_weights`)."""
 PRESENCE_GRID = 4
 """`best_window_match` splits the image into this many blocks per side; its windows are 2 x 2
 blocks (half the image's sides, at 3 x 3 positions)."""
@@ -340,19 +345,12 @@ def presence_weights(w: np.ndarray, basis: np.ndarray, bank: np.ndarray,
     sums = padded.reshape(gh, block, gw, block).sum(axis=(1, 3))
     padded[:h, :wd] **= 2
     energy = padded.reshape(gh, block, gw, block).sum(axis=(1, 3))
-    reach = PRESENCE_SMOOTHING
-    sums = _box_sum(sums, reach)
-    energy = _box_sum(energy, reach)
+    span = 2 * PRESENCE_SMOOTHING + 1  # box means: their common factor leaves the weights' ratios alone
+    sums = uniform_filter(sums, size=span, mode="constant")
+    energy = uniform_filter(energy, size=span, mode="constant")
     z = np.where(energy > 0, sums / np.sqrt(np.where(energy > 0, energy, 1.0)), 0.0)
     weights = np.maximum(z, 0.0).astype(np.float32)
     return np.repeat(np.repeat(weights, block, axis=0), block, axis=1)[:h, :wd]
-
-
-def _box_sum(grid: np.ndarray, reach: int) -> np.ndarray:
-    """Sum of each cell of a 2-D grid and its neighbours within `reach` cells (zero outside)."""
-    padded = np.pad(grid, reach)
-    h, w = grid.shape
-    return sum(padded[i:i + h, j:j + w] for i in range(2 * reach + 1) for j in range(2 * reach + 1))
 
 
 def register(
