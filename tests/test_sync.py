@@ -295,7 +295,7 @@ def test_the_upright_search_finds_a_faint_upright_lattice_the_log_polar_grid_mis
     lo, hi = comb.MIN_PERIOD, min(w.shape) / 2.0
     log_polar = comb._log_polar_candidates(zmap, comb.comb_map(norm, 2), lo, hi, comb.band_points(*comb.TEMPLATE_BAND))
     assert not any(abs(period / 97 - 1) < 0.01 for period, _, _ in log_polar), log_polar
-    period, angle, score = comb.upright_candidates(zmap, lo, hi, 3, norm)[0]
+    period, angle, score = comb.upright_candidates(zmap, norm, lo, hi, 3)[0]
     assert abs(period / 97 - 1) < 0.001 and angle == 0.0 and score > comb.MIN_SCORE + 2, (period, score)
     got_period, got_angle = _lattice_of(comb_lattices(w, (1.0, 1.0), 3)[0].basis)
     assert abs(got_period / 97 - 1) < 0.001 and got_angle == 0.0

@@ -22,9 +22,9 @@ and a candidate that is a finer copy of one already found is dropped.
 Most edits in the wild keep the layout upright (crops, shifts, margins, re-sizes, screenshots),
 and the log-polar grid, coarse in both period and angle, catches a faint upright lattice at
 about half its score. So upright lattices get a search of their own (`upright_candidates`): a
-1-D grid of periods fine enough that no spectral line moves by more than half a bin between
-steps, scored on the fine comb map. Its best peaks join the log-polar ones before the best
-`count` are chosen.
+1-D grid of periods fine enough that no spectral line moves by more than a bin between steps
+(the fine comb map's reach), scored on that map, each peak placed where the band's interpolated
+power peaks. Its best peaks join the log-polar ones before the best `count` are chosen.
 """
 
 from __future__ import annotations
@@ -190,7 +190,7 @@ def comb_lattices(w: np.ndarray, scale: tuple[float, float], count: int = 3) -> 
     zmap = comb_map(norm, 1)
     full = band_points(*TEMPLATE_BAND)
     candidates = _log_polar_candidates(zmap, comb_map(norm, 2), lo, hi, full)
-    candidates += upright_candidates(zmap, lo, hi, UPRIGHT_TRIES, norm)
+    candidates += upright_candidates(zmap, norm, lo, hi, UPRIGHT_TRIES)
     found: list[Lattice] = []
     for period, angle, score in sorted(candidates, key=lambda c: -c[2]):
         if len(found) == count:
@@ -261,13 +261,13 @@ def upright_scores(zmap: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, 
     return periods, values.sum(axis=-1) / np.sqrt(np.maximum(inside.sum(axis=-1), 1))
 
 
-def upright_candidates(zmap: np.ndarray, lo: float, hi: float, count: int,
-                       norm: np.ndarray | None = None) -> list[tuple[float, float, float]]:
+def upright_candidates(zmap: np.ndarray, norm: np.ndarray, lo: float, hi: float,
+                       count: int) -> list[tuple[float, float, float]]:
     """(period, 0.0, score) of the `count` best distinct peaks of `upright_scores` (peaks within
     2 % of a better one's period are the same line set), each refined twice (`_refine_upright`:
-    over its grid step to either side, then over a third of it). Given the `normalised_power`
-    `norm` the map came from, the period is then placed where the band's interpolated power
-    peaks (`interpolated_period`)."""
+    over its grid step to either side, then over a third of it), then placed where the band's
+    interpolated power in `norm`, the `normalised_power` the map came from, peaks
+    (`interpolated_period`)."""
     if hi <= lo:
         return []
     periods, scores = upright_scores(zmap, lo, hi)
@@ -282,9 +282,7 @@ def upright_candidates(zmap: np.ndarray, lo: float, hi: float, count: int,
         period, score = float(periods[k]), float(scores[k])
         for reach in (step, step / 3.0):
             period, score = _refine_upright(zmap, period, reach, points)
-        if norm is not None:
-            period = interpolated_period(norm, period, step, points)
-        found.append((period, 0.0, score))
+        found.append((interpolated_period(norm, period, step, points), 0.0, score))
     return found
 
 
@@ -307,6 +305,8 @@ def interpolated_period(norm: np.ndarray, period: float, reach: float, points: n
     below = (rows + 1) % height
     values = ((1 - fy) * ((1 - fx) * norm[rows, cols] + fx * norm[rows, cols + 1])
               + fy * ((1 - fx) * norm[below, cols] + fx * norm[below, cols + 1]))
+    if not inside.any():
+        return float(period)
     means = np.where(inside, values, 0.0).sum(axis=1) / np.maximum(inside.sum(axis=1), 1)
     k = int(np.argmax(means))
     if not 0 < k < steps - 1:
