@@ -333,6 +333,44 @@ def test_upright_periods_move_no_line_by_more_than_one_bin():
     assert len(periods) < 1000
 
 
+def test_fold_bins_are_read_only_views():
+    """The bins are cached (a read folds its best lattice several times): a caller cannot make
+    the array it gets writeable and so corrupt the cache."""
+    from filigree.sync.fold import fold_bins
+
+    bins = fold_bins((100, 120), np.diag([37.5, 37.5]), 64)
+    with pytest.raises(ValueError):
+        bins.flags.writeable = True
+    assert np.array_equal(bins, fold_bins((100, 120), np.diag([37.5, 37.5]), 64))
+
+
+def test_fold_refuses_weights_of_another_shape():
+    with pytest.raises(ValueError, match="weights"):
+        fold(np.zeros((200, 210)), np.diag([40.0, 40.0]), 64, weights=np.ones((210, 200)))
+
+
+def test_upright_periods_need_a_positive_shortest_period():
+    from filigree.sync.comb import upright_periods
+
+    with pytest.raises(ValueError):
+        upright_periods(0.0, 10.0, 100)
+
+
+@pytest.mark.parametrize("name, factor", [("opencv_aloeL.jpg", 1), ("opencv_fruits.jpg", 3)])
+def test_the_presence_fold_of_an_unmarked_photo_keeps_a_null_z(templates, name, factor, monkeypatch):
+    """Weights drawn from the template make the refold correlate with it even where there is no
+    mark; the presence hypothesis carries the z of the match it was drawn from, so on unmarked
+    photos (refolded whatever their z) no hypothesis stands out."""
+    import filigree.sync.reader as reader
+    from filigree.resources import bundled_samples_dir
+
+    monkeypatch.setattr(reader, "PRESENCE_MAX_Z", np.inf)
+    image = Image.open(f"{bundled_samples_dir()}/{name}").convert("RGB")
+    image = image.resize((image.width * factor, image.height * factor), Image.Resampling.BILINEAR)
+    hypotheses = synchronise(image, templates, 3, layout_period=period_for(image.height, image.width))
+    assert len(hypotheses) >= 2 and max(h.z for h in hypotheses) < 6.0, [h.z for h in hypotheses]
+
+
 def test_comb_reports_nothing_strong_on_unmarked_textures():
     """Under no mark the comb's best lattice stays near the search's own maximum of noise
     (every period and angle), far under a marked image's (`test_comb_finds_the_period_and_angle`:

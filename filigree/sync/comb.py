@@ -55,6 +55,9 @@ LOG_STEP = 0.006
 """Step of the log-polar grid in ln(frequency): 0.6 % of the period."""
 ANGLE_STEP = 0.375
 """Step of the log-polar grid in angle, degrees (240 steps over a quarter turn)."""
+MIN_POINTS = 16
+"""A lattice with fewer of its band's points below Nyquist is not scored (its period is too
+short for the analysis resolution)."""
 _COARSE_MIN = 2.0  # coarse z under which no lattice is refined
 _TRIES = 6  # log-polar peaks refined at most
 UPRIGHT_TRIES = 3
@@ -228,6 +231,8 @@ def upright_periods(lo: float, hi: float, bins: int, steps_per_bin: float = UPRI
     step small enough that the band's highest line (`TEMPLATE_BAND[1]` cycles per period, on a
     spectrum of `bins` bins per cycle per pixel) moves by at most 1 / `steps_per_bin` bins: a
     relative step of p / (steps_per_bin * band_hi * bins)."""
+    if not lo > 0:
+        raise ValueError(f"the shortest period must be positive, got {lo}")
     rate = 1.0 / (steps_per_bin * TEMPLATE_BAND[1] * bins)
     periods = [lo]
     while periods[-1] < hi:
@@ -240,7 +245,8 @@ def upright_scores(zmap: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, 
     `upright_periods` grid from `lo` to `hi` analysis pixels: `comb_scores` at angle 0. An
     upright lattice's point (a, b) lies in row a h / p and column b w / p, so the bins come
     from one row per (period, a) and one column per (period, b); points beyond Nyquist read a
-    zero appended to the map. zmap: the fine `comb_map` [h, w // 2 + 1]."""
+    zero appended to the map, and a period with fewer than `MIN_POINTS` points below Nyquist
+    scores -inf. zmap: the fine `comb_map` [h, w // 2 + 1]."""
     height, half = zmap.shape
     width = 2 * (half - 1)
     periods = upright_periods(float(lo), float(hi), max(height, width))
@@ -257,8 +263,10 @@ def upright_scores(zmap: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, 
     index += cols[:, b_of]
     np.minimum(index, outside, out=index)
     values = np.append(zmap.ravel(), np.float32(0.0))[index]
-    inside = (rows < outside)[:, a_of] & (cols < outside)[:, b_of]
-    return periods, values.sum(axis=-1) / np.sqrt(np.maximum(inside.sum(axis=-1), 1))
+    counts = ((rows < outside)[:, a_of] & (cols < outside)[:, b_of]).sum(axis=-1)
+    scores = values.sum(axis=-1) / np.sqrt(np.maximum(counts, 1))
+    scores[counts < MIN_POINTS] = -np.inf
+    return periods, scores
 
 
 def upright_candidates(zmap: np.ndarray, norm: np.ndarray, lo: float, hi: float,
@@ -364,7 +372,7 @@ def log_polar_scores(zmap: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray
     sums = scipy.fft.irfft2(scipy.fft.rfft2(folded, s=(size, folded.shape[1])) * grid.spectrum, s=(size, folded.shape[1]))
     keep = (grid.periods >= lo) & (grid.periods <= hi * (1.0 + 1e-9))
     scores = sums[keep] / np.sqrt(np.maximum(grid.counts[keep], 1.0))
-    scores[grid.counts[keep] < 16] = -np.inf
+    scores[grid.counts[keep] < MIN_POINTS] = -np.inf
     return grid.periods[keep], grid.angles, scores.astype(np.float32)
 
 

@@ -35,6 +35,8 @@ def fold(
     """
     flat = fold_bins(np.shape(w), basis, size, origin).ravel()
     values = np.asarray(w, dtype=np.float64).ravel()
+    if weights is not None and np.shape(weights) != np.shape(w):
+        raise ValueError(f"weights must have the image's shape {np.shape(w)}, got {np.shape(weights)}")
     if weights is None:
         sums = np.bincount(flat, weights=values, minlength=size * size)
         counts = np.bincount(flat, minlength=size * size)
@@ -96,13 +98,15 @@ def fold_bins(
 ) -> np.ndarray:
     """int32 [h, w], read-only: the flat tile sample (u * size + v) each pixel of an [h, w]
     image falls in when folded over the lattice `basis` (rows v1, v2, pixels) from `origin`
-    (see `fold`). The last few are kept: a read folds its best lattice several times. Raises
-    ValueError for a singular basis."""
+    (see `fold`). The last few are kept: a read folds its best lattice several times (a view of
+    a read-only array is returned, which cannot be made writeable). Raises ValueError for a
+    singular basis."""
     basis = np.asarray(basis, dtype=np.float64)
     det = np.linalg.det(basis)
     if not np.isfinite(det) or abs(det) < 1e-6:
         raise ValueError(f"lattice basis is singular: {basis.tolist()}")
-    return _cached_bins(tuple(int(n) for n in shape), basis.tobytes(), int(size), (float(origin[0]), float(origin[1])))
+    key = (tuple(int(n) for n in shape), basis.tobytes(), int(size), (float(origin[0]), float(origin[1])))
+    return _cached_bins(*key).view()
 
 
 @functools.lru_cache(maxsize=2)

@@ -234,8 +234,11 @@ def hypotheses_of(
         # and folded again where its template is (`presence_weights`): a mark on part of the image
         whole = TemplateMatch(found[best].template, found[best].dihedral, found[best].shift, found[best].z)
         match = best_window_match(w64, basis, bank, whole)
-        found.append(register(w64, basis, bank, scale, lattice_score=lattices[best][1],
-                              weights=presence_weights(w64, basis, bank, match)))
+        refolded = register(w64, basis, bank, scale, lattice_score=lattices[best][1],
+                            weights=presence_weights(w64, basis, bank, match))
+        # weights drawn from the template inflate its z in the refold, even on unmarked images:
+        # the hypothesis carries the z of the match it was drawn from
+        found.append(replace(refolded, z=match.z))
     hypotheses += found
     hypotheses.sort(key=lambda h: -h.z)
     return hypotheses
