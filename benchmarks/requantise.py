@@ -7,11 +7,12 @@ Each JPEG photo of `--images` is decoded as the job decodes it (`filigree.imagin
 with `--payloads` random payloads (`Watermarker.embed_pixels`), and each marked copy is encoded
 as the job encodes it (`filigree.imaging.encode.encode_image`: the source's chroma subsampling,
 metadata) at the quality the job would choose with a margin of d points
-(`filigree.imaging.encode.output_quality`) for each d of `--margins`, then read blind (`Watermarker.extract`, default options). Per margin the table gives the marked
-copies read back with their exact payload, and the size of a marked file over an unmarked
-re-save of the same photo at the source's own quality (each photo's mean over its payloads;
-median and largest over photos): what the margin and the mark cost together. The quality the job writes a periodic bundle's marks at
-is the source's + `filigree.periodic.QUALITY_MARGIN`.
+(`filigree.imaging.encode.output_quality`) for each d of `--margins`, then read blind
+(`Watermarker.extract`, default options). Per margin the table gives the marked copies read back
+with their exact payload, and the size of a marked file over an unmarked re-save of the same
+photo at the source's own quality (each photo's mean over its payloads; median and largest over
+photos): what the margin and the mark cost together. The quality the job writes a periodic
+bundle's marks at is the source's + `filigree.periodic.QUALITY_MARGIN`.
 """
 
 from __future__ import annotations

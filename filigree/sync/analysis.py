@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import scipy.fft
 try:
     from numpy.lib.array_utils import byte_bounds
 except ImportError:  # numpy < 2
@@ -155,9 +154,11 @@ def autocorrelation(w: np.ndarray) -> np.ndarray:
     h, wd = (_smooth_length(n) for n in np.shape(w))
     x = np.asarray(w, dtype=np.float32)[:h, :wd]
     x = x - x.mean(dtype=np.float64).astype(np.float32)
-    spectrum = scipy.fft.rfft2(x)
+    from scipy.fft import irfft2, rfft2
+
+    spectrum = rfft2(x)
     power = spectrum.real**2 + spectrum.imag**2
-    ac = scipy.fft.irfft2(power, s=(h, wd)).astype(np.float32, copy=False)
+    ac = irfft2(power, s=(h, wd)).astype(np.float32, copy=False)
     if ac[0, 0] > 0:
         ac /= ac[0, 0]
     return np.fft.fftshift(ac)

@@ -32,7 +32,6 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 import numpy as np
-import scipy.fft
 
 from filigree.imaging.jnd import box_mean
 from filigree.sync.analysis import _smooth_length
@@ -124,7 +123,9 @@ def normalised_power(w: np.ndarray) -> np.ndarray:
     h, wd = _smooth_length(np.shape(w)[0]), _smooth_even_length(np.shape(w)[1])
     x = np.asarray(w, dtype=np.float32)[:h, :wd]
     x = x - x.mean(dtype=np.float64).astype(np.float32)
-    spectrum = scipy.fft.rfft2(x)
+    from scipy.fft import rfft2  # scipy's is 4x faster than numpy's at 1024 px
+
+    spectrum = rfft2(x)
     power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
     ring = _ring_mean(power)
     local = box_mean(np.minimum(power, POWER_CLIP * ring), NORMALISE_BINS)
@@ -201,7 +202,7 @@ def comb_lattices(w: np.ndarray, scale: tuple[float, float], count: int = 3) -> 
         if score < MIN_SCORE:
             break
         period, angle, score = _best_multiple(zmap, h_fft, period, angle, score, full, hi)
-        period, angle, score = _upright(zmap, h_fft, period, angle, score, full)
+        period, angle, score = _upright(zmap, period, angle, score, full)
         basis = _square_basis(period, angle)
         if any(is_sublattice(f.basis[0], basis) or is_sublattice(basis[0], f.basis) for f in found):
             continue  # the same lattice, a finer one (a subset of its spectral points) or a coarser one
@@ -369,7 +370,9 @@ def log_polar_scores(zmap: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray
     grid = _log_polar_grid(*zmap.shape, float(hi))
     folded = np.where(grid.inside, zmap.ravel()[grid.index], np.float32(0.0)).sum(axis=0)
     size = grid.spectrum.shape[0]
-    sums = scipy.fft.irfft2(scipy.fft.rfft2(folded, s=(size, folded.shape[1])) * grid.spectrum, s=(size, folded.shape[1]))
+    from scipy.fft import irfft2, rfft2
+
+    sums = irfft2(rfft2(folded, s=(size, folded.shape[1])) * grid.spectrum, s=(size, folded.shape[1]))
     keep = (grid.periods >= lo) & (grid.periods <= hi * (1.0 + 1e-9))
     scores = sums[keep] / np.sqrt(np.maximum(grid.counts[keep], 1.0))
     scores[grid.counts[keep] < MIN_POINTS] = -np.inf
@@ -431,19 +434,17 @@ def _refine(zmap, height, period, angle, points, period_step, angle_step):
     return best_period, best_angle, float(scores.max())
 
 
-def _upright(zmap, height, period, angle, score, points):
+def _upright(zmap, period, angle, score, points):
     """The lattice snapped to upright (angle 0) when it is within `_SNAP_ANGLE` of it and
     scores within `_SNAP_SCORE` of its own score there (the fine grid's best angle also fits
     noise): crops, shifts, margins and screenshots
     keep the layout upright, and the comb alone leaves a tenth of a degree of doubt."""
     if abs(angle) > _SNAP_ANGLE:
         return period, angle, score
-    periods = period * np.exp(np.linspace(-0.002, 0.002, _FINE))
-    upright = comb_scores(zmap, height, periods, np.zeros(1), points)[:, 0]
-    if upright.max() < score - _SNAP_SCORE:
+    snapped, upright_score = _refine_upright(zmap, period, 0.002, points)
+    if upright_score < score - _SNAP_SCORE:
         return period, angle, score
-    near = upright >= upright.max() - _PLATEAU
-    return float(np.exp(np.mean(np.log(periods[near])))), 0.0, float(upright.max())
+    return snapped, 0.0, upright_score
 
 
 def _best_multiple(zmap, height, period, angle, score, points, longest):

@@ -6,7 +6,6 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image
-from scipy.ndimage import uniform_filter
 
 from filigree.sync.analysis import analysis_luma, autocorrelation, whiten
 from filigree.sync.comb import comb_lattices
@@ -244,6 +243,11 @@ def hypotheses_of(
     return hypotheses
 
 
+def _spacing(basis: np.ndarray, size: int) -> float:
+    """Analysis pixels per tile sample of a fold over `basis` (rows v1, v2) into `size` samples."""
+    return float(np.sqrt(abs(np.linalg.det(basis)))) / size
+
+
 def _same_lattice(basis: np.ndarray, other: np.ndarray, tolerance: float = 0.003) -> bool:
     """Whether two square lattices (rows v1, v2) are the same up to the order and signs of
     their vectors, within `tolerance` of the period."""
@@ -264,7 +268,7 @@ def refine_lattice(w: np.ndarray, basis: np.ndarray, bank: np.ndarray,
     give that map's column along y, those in the left and right halves its column along x."""
     size = bank.shape[-2]
     h, wd = w.shape
-    spacing = float(np.sqrt(abs(np.linalg.det(basis)))) / size
+    spacing = _spacing(basis, size)
     spectrum = bank[hypothesis.template, hypothesis.dihedral]
 
     def shift_of(y0: int, y1: int, x0: int, x1: int) -> np.ndarray | None:
@@ -310,7 +314,7 @@ def best_window_match(w: np.ndarray, basis: np.ndarray, bank: np.ndarray, whole:
     of the image shows its template more clearly in the window it fills than in the whole,
     where the rest dilutes it."""
     size = bank.shape[-2]
-    spacing = float(np.sqrt(abs(np.linalg.det(basis)))) / size
+    spacing = _spacing(basis, size)
     sums, counts, energy = fold_blocks(w, basis, size, PRESENCE_GRID)
     windows = [(slice(i, i + 2), slice(j, j + 2)) for i in range(PRESENCE_GRID - 1) for j in range(PRESENCE_GRID - 1)]
     windows.sort(key=lambda window: -band_excess(
@@ -337,7 +341,7 @@ def presence_weights(w: np.ndarray, basis: np.ndarray, bank: np.ndarray,
     screenshot of one, gets the unmarked rest weighted down, which otherwise dilutes its fold.
     """
     size = bank.shape[-2]
-    spacing = float(np.sqrt(abs(np.linalg.det(basis)))) / size
+    spacing = _spacing(basis, size)
     pattern = matched_pattern(bank, match, spacing)
     evidence = w * pattern.ravel()[fold_bins(w.shape, basis, size)]
     block = max(8, int(round(PRESENCE_BLOCK * spacing * size)))
@@ -348,6 +352,8 @@ def presence_weights(w: np.ndarray, basis: np.ndarray, bank: np.ndarray,
     sums = padded.reshape(gh, block, gw, block).sum(axis=(1, 3))
     padded[:h, :wd] **= 2
     energy = padded.reshape(gh, block, gw, block).sum(axis=(1, 3))
+    from scipy.ndimage import uniform_filter
+
     span = 2 * PRESENCE_SMOOTHING + 1  # box means: their common factor leaves the weights' ratios alone
     sums = uniform_filter(sums, size=span, mode="constant")
     energy = uniform_filter(energy, size=span, mode="constant")
@@ -371,7 +377,7 @@ def register(
     analysis over input pixels."""
     size = bank.shape[-2]
     folded = fold(w, basis, size, origin, weights)
-    spacing = float(np.sqrt(abs(np.linalg.det(basis)))) / size
+    spacing = _spacing(basis, size)
     match = locate_template(folded, bank, spacing)
     tile = align(folded, match.dihedral, match.shift)
     tile -= tile.mean()
